@@ -1,0 +1,60 @@
+"""``petlprune <stage> ...``: the only entry the Snakemake rules call.
+
+Each stage lives in ``petlprune/stages/<stage>.py`` with ``add_arguments(parser)`` and ``run(args)``;
+stages are imported lazily so that ``petlprune data`` does not pay for importing torch models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+__all__ = ["STAGES", "main"]
+
+# stage name -> one-line help. Adding a stage: a module in petlprune/stages/ and a line here.
+STAGES: dict[str, str] = {
+    "data": "generate one embedded task (or check a VTAB-1k folder) in the VTAB-1k layout",
+    "source": "generate the fractal source data used to pretrain the embedded backbone",
+    "gallery": "draw a gallery of samples per task",
+    "probe": "logistic-regression probe on raw pixels (how hard is each task?)",
+    "pretrain": "pretrain (or fetch) the backbone and cache it",
+    "finetune": "PETL fine-tuning of one task",
+    "measure": "parameters, FLOPs, throughput and latency of trained models",
+    "features": "per-block CLS features of a fine-tuned model, in one forward pass",
+    "score": "score blocks / adapters / channels with one method",
+    "plan": "turn scores and a budget into a pruning Plan",
+    "prune": "apply a Plan, evaluate, re-train, evaluate",
+    "summary": "collect every result into results/summary.csv",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="petlprune", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    for name, help_text in STAGES.items():
+        sub.add_parser(name, help=help_text, description=help_text)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] not in STAGES:
+        parser.parse_args(argv)  # prints usage / the unknown-stage error and exits
+        return 2
+    stage = argv[0]
+    module = importlib.import_module(f"petlprune.stages.{stage}")
+    stage_parser = argparse.ArgumentParser(prog=f"petlprune {stage}", description=STAGES[stage])
+    module.add_arguments(stage_parser)
+    args = stage_parser.parse_args(argv[1:])
+    args.argv = ["petlprune", *argv]
+    try:
+        module.run(args)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,238 @@
+"""The method framework: Budget, Scores, Plan, the Method protocol and the registry.
+
+A method is three steps, kept apart as in Torch-Pruning (importance criteria separate from the pruner):
+``score`` measures (blocks, adapters or channels), ``plan`` turns scores and a budget into a Plan
+(the pruning decision and nothing else), ``apply`` turns a model and a Plan into the pruned model.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
+
+from petlprune.io import atomic_write_json, read_json
+
+__all__ = [
+    "Budget",
+    "Scores",
+    "Plan",
+    "ScoringContext",
+    "Method",
+    "LayerPruningMethod",
+    "register",
+    "get",
+    "available",
+    "top_k_blocks",
+]
+
+_BUDGET_RE = re.compile(r"^(?:(?P<matched>matched)|(?P<kind>[a-z])(?P<value>\d+(?:\.\d+)?))$")
+_BUDGET_KINDS = {"d": "depth", "a": "alpha", "r": "ratio", "p": "density", "k": "segments"}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A pruning budget, written as in the results tree.
+
+    ``matched`` (the depth SLS chose for the same task and seed; resolved by the caller into a
+    depth budget), ``d6`` (keep 6 blocks), ``a0.3`` (SLS alpha), ``r0.5`` (Pear: fraction of adapter
+    parameters removed), ``p0.3`` (SPA: channel density kept).
+    """
+
+    kind: str
+    value: float | int | None
+    text: str
+
+    @classmethod
+    def parse(cls, text: str) -> Budget:
+        m = _BUDGET_RE.match(text)
+        if not m:
+            raise ValueError(
+                f"budget {text!r}: expected 'matched' or a letter + number "
+                f"({', '.join(f'{k}=<{v}>' for k, v in _BUDGET_KINDS.items())}), e.g. d6, a0.3"
+            )
+        if m["matched"]:
+            return cls("matched", None, text)
+        kind = _BUDGET_KINDS[m["kind"]] if m["kind"] in _BUDGET_KINDS else None
+        if kind is None:
+            raise ValueError(f"budget {text!r}: unknown kind letter {m['kind']!r}")
+        value: float | int = int(m["value"]) if kind == "depth" else float(m["value"])
+        return cls(kind, value, text)
+
+    @classmethod
+    def depth(cls, n: int, text: str | None = None) -> Budget:
+        return cls("depth", int(n), text or f"d{int(n)}")
+
+
+@dataclass
+class Scores:
+    """What ``score`` measured: one value per unit (block, adapter position, channel group)."""
+
+    method: str
+    values: list[float]
+    extra: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_json(path, asdict(self))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Scores:
+        data = read_json(path)
+        return cls(**data)
+
+
+@dataclass
+class Plan:
+    """The pruning decision and nothing else (serialised as JSON in ``plan/{method}-{budget}.json``).
+
+    Args:
+        method: registered method name.
+        budget: the budget text as requested (``matched`` stays ``matched``).
+        depth: number of blocks in the pruned model's forward path.
+        kept_blocks: 0-based indices of the kept blocks, ascending.
+        sharing: for adapter sharing, {pruned position: serving position}.
+        masks: channel masks, or a path to them.
+        scores: the scores the decision came from.
+        decision_seconds: time spent deciding (scoring + planning).
+        notes: anything a reader of the result must know (e.g. an edge case taken).
+    """
+
+    method: str
+    budget: str
+    depth: int
+    kept_blocks: list[int]
+    sharing: dict[str, int] | None = None
+    masks: Any = None
+    scores: list[float] | None = None
+    decision_seconds: float = 0.0
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.kept_blocks = [int(i) for i in self.kept_blocks]
+        if self.kept_blocks != sorted(set(self.kept_blocks)):
+            raise ValueError(f"plan {self.method}: kept_blocks must be ascending and unique: {self.kept_blocks}")
+
+    @property
+    def is_prefix(self) -> bool:
+        """True when the kept blocks are 0..depth-1: the Plan is then a single integer."""
+        return self.kept_blocks == list(range(len(self.kept_blocks)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        return cls.from_dict(read_json(path))
+
+    def __str__(self) -> str:
+        return json.dumps(self.to_dict())
+
+
+@dataclass
+class ScoringContext:
+    """Everything ``score`` may use. Methods take what they need and ignore the rest.
+
+    Args:
+        model: the fine-tuned PETL model, eval mode.
+        features: (L, n, d) CLS token of every block output on the training images, or None.
+        labels: (n,) class labels of those images, or None.
+        loader: a DataLoader over training data (for gradient-based criteria), or None.
+        device: torch device string.
+        seed: the run's seed (random draws, t-SNE).
+        options: the method's own config section.
+    """
+
+    model: Any = None
+    features: Any = None
+    labels: Any = None
+    loader: Any = None
+    device: str = "cpu"
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Method(Protocol):
+    name: str
+    budget_kinds: tuple[str, ...]
+    needs: frozenset[str]  # subset of {"features", "loader"}: what score() reads from the context
+
+    def score(self, ctx: ScoringContext) -> Scores: ...
+
+    def plan(self, scores: Scores, budget: Budget) -> Plan: ...
+
+    def apply(self, model: Any, plan: Plan) -> Any: ...
+
+
+def top_k_blocks(values: list[float], k: int) -> list[int]:
+    """Indices of the k largest values (ties → the shallower block), ascending."""
+    if not 1 <= k <= len(values):
+        raise ValueError(f"cannot keep {k} of {len(values)} blocks")
+    order = sorted(range(len(values)), key=lambda i: (-values[i], i))
+    return sorted(order[:k])
+
+
+class LayerPruningMethod:
+    """Base for methods that remove whole blocks: keep the ``depth`` highest-scoring blocks."""
+
+    name: ClassVar[str] = ""
+    budget_kinds: ClassVar[tuple[str, ...]] = ("depth",)
+    needs: ClassVar[frozenset[str]] = frozenset()
+
+    def score(self, ctx: ScoringContext) -> Scores:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def plan(self, scores: Scores, budget: Budget) -> Plan:
+        if budget.kind not in self.budget_kinds:
+            raise ValueError(f"method {self.name!r} does not take a {budget.kind} budget ({budget.text})")
+        kept = top_k_blocks(scores.values, int(budget.value))
+        return Plan(self.name, budget.text, len(kept), kept, scores=list(scores.values),
+                    decision_seconds=scores.seconds)
+
+    def apply(self, model: Any, plan: Plan) -> Any:
+        from petlprune.models.surgery import keep_blocks
+
+        return keep_blocks(model, plan.kept_blocks)
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(name: str) -> Callable[[type], type]:
+    """Class decorator: register one instance of the class under ``name``."""
+
+    def deco(cls: type) -> type:
+        if name in _REGISTRY:
+            raise ValueError(f"method {name!r} registered twice")
+        cls.name = name
+        _REGISTRY[name] = cls()
+        return cls
+
+    return deco
+
+
+def get(name: str) -> Method:
+    """The registered method called ``name``; an unknown name lists the known ones."""
+    import petlprune.methods  # noqa: F401  (importing the package registers every method)
+
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown method {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def available() -> list[str]:
+    import petlprune.methods  # noqa: F401
+
+    return sorted(_REGISTRY)
