@@ -1,8 +1,9 @@
 """petlprune: a reproducible comparative study of pruning for PETL-adapted vision transformers."""
 
-from petlprune._compat import ensure_torchvision as _ensure_torchvision
+from petlprune import _compat
 
-# Must run before anything imports torchvision (timm does): see petlprune/_compat.py.
-_ensure_torchvision()
+# Before anything imports torchvision (timm does): see petlprune/_compat.py. Lazy: costs nothing
+# until torchvision is actually imported.
+_compat.install()
 
 __version__ = "0.1.0"

@@ -8,15 +8,21 @@ kernels for ops whose schemas the extension would have defined. Defining those t
 torchvision's C++ ops (nms, roi_align, image decoding) stay unavailable; we decode images with PIL.
 
 Where the extension loads (any matching CUDA/CPU pair, e.g. on a GPU node) this does nothing.
+
+The step runs lazily: ``install()`` (called by ``import petlprune``) puts a finder on
+``sys.meta_path`` that calls ``ensure_torchvision()`` the moment torchvision is first imported, by
+anyone. So ``petlprune`` stages that never touch a model (planning, data generation) do not pay
+the ~5 s import of torch + torchvision, and a notebook that imports timm after petlprune is covered.
 """
 
 from __future__ import annotations
 
+import importlib.abc
 import importlib.util
 import sys
 from pathlib import Path
 
-__all__ = ["ensure_torchvision", "torchvision_extension_loadable", "COMPAT_STATE"]
+__all__ = ["install", "ensure_torchvision", "torchvision_extension_loadable", "COMPAT_STATE"]
 
 # Set once by ensure_torchvision(): "native" (extension loaded, nothing done), "shimmed" (schemas
 # defined here), "absent" (torchvision not installed) or "already-imported".
@@ -51,6 +57,8 @@ def ensure_torchvision() -> str:
     global _LIBRARY
     if "state" in COMPAT_STATE:
         return COMPAT_STATE["state"]
+    # The look-ups below consult sys.meta_path: take the hook out first so it cannot re-enter.
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _TorchvisionHook)]
     if "torchvision" in sys.modules:
         state = "already-imported"
     elif importlib.util.find_spec("torchvision") is None:
@@ -68,3 +76,20 @@ def ensure_torchvision() -> str:
         state = "shimmed"
     COMPAT_STATE["state"] = state
     return state
+
+
+class _TorchvisionHook(importlib.abc.MetaPathFinder):
+    """Runs ``ensure_torchvision()`` just before the first ``import torchvision``; finds nothing itself."""
+
+    def find_spec(self, fullname, path=None, target=None):  # noqa: D102 - importlib protocol
+        if fullname == "torchvision":
+            ensure_torchvision()  # removes this hook: it runs once
+        return None
+
+
+def install() -> None:
+    """Arrange for ``ensure_torchvision()`` to run before torchvision is first imported."""
+    if "torchvision" in sys.modules:
+        ensure_torchvision()
+    elif not any(isinstance(f, _TorchvisionHook) for f in sys.meta_path):
+        sys.meta_path.insert(0, _TorchvisionHook())

@@ -1,0 +1,33 @@
+# petlprune: PETL fine-tuning -> scoring -> pruning -> re-training -> measurement -> report.
+# Run:   snakemake --cores 2                         (the embedded study, workflow/config/default.yaml)
+#        snakemake --cores 2 --configfile workflow/config/full.yaml
+# Every rule calls `petlprune <stage>` with explicit arguments; the package never reads this config.
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+# The default tier only when no --configfile is given: Snakemake would otherwise MERGE the two
+# (a method or task of the default leaking into another tier).
+if not workflow.config_settings.configfiles:
+
+    configfile: "workflow/config/default.yaml"
+
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/finetune.smk"
+include: "workflow/rules/prune.smk"
+include: "workflow/rules/measure.smk"
+
+
+rule all:
+    input:
+        study_targets(),
+    default_target: True

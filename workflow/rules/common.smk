@@ -1,0 +1,92 @@
+# Shared names and target lists. Pure functions of the (validated) config; no work happens here.
+import json
+import shlex
+
+R = config["results"]
+TASKS = config["data"]["tasks"]
+SEEDS = config["seeds"]
+PETLS = config["petl"]["methods"]
+THREADS = config.get("threads", 1)
+RUN = R + "/runs/{task}/{petl}/seed{seed}"
+BACKBONE = f"{R}/backbone/{config['backbone']['name']}.pt"
+METHOD_RE = r"[a-z_]+(\.[0-9]+)?"
+BUDGET_RE = r"matched|d[0-9]+|[arpk][0-9]+(\.[0-9]+)?"
+
+wildcard_constraints:
+    task="|".join(TASKS),
+    petl="|".join(PETLS),
+    seed=r"[0-9]+",
+    method=METHOD_RE,
+    budget=BUDGET_RE,
+
+
+def check_config():
+    """Cross-field checks the schema cannot express; fail before any job runs, naming the key."""
+    unknown = sorted(set(config["budgets"]) - set(config["methods"]))
+    if unknown:
+        raise ValueError(f"config key budgets.{unknown[0]}: method {unknown[0]!r} has no entry under 'methods'")
+    uses_matched = [m for m, bs in config["budgets"].items() if "matched" in bs]
+    if uses_matched and not any(b.startswith("a") for b in config["budgets"].get("sls", [])):
+        raise ValueError(
+            f"config key budgets.{uses_matched[0]}: 'matched' needs an SLS alpha budget (budgets.sls: [a0.3])"
+        )
+
+
+check_config()
+
+
+def as_json(obj):
+    """A shell-quoted JSON argument for the CLI."""
+    return shlex.quote(json.dumps(obj, sort_keys=True))
+
+
+def method_keys(method):
+    """Result keys of one method: 'random' runs several draws, random.0, random.1, ..."""
+    draws = config["methods"][method].get("draws")
+    return [f"{method}.{k}" for k in range(draws)] if draws else [method]
+
+
+def base_method(key):
+    return key.split(".")[0]
+
+
+def method_options(key):
+    """The options a method key is scored with (a draw index for random draws; the lowest SLS
+    alpha of the sweep so that t-SNE early stop still covers every alpha)."""
+    method = base_method(key)
+    opts = {k: v for k, v in config["methods"][method].items() if k != "draws"}
+    if "." in key:
+        opts["draw"] = int(key.split(".")[1])
+    if method == "sls":
+        alphas = [float(b[1:]) for b in config["budgets"].get("sls", []) if b.startswith("a")]
+        if alphas:
+            opts["alpha"] = min(alphas)
+    return opts
+
+
+def matched_plan():
+    """The SLS plan whose depth 'matched' budgets use: the first SLS alpha budget."""
+    alpha = next(b for b in config["budgets"]["sls"] if b.startswith("a"))
+    return RUN + f"/plan/sls-{alpha}.json"
+
+
+def pruned_keys():
+    """(method key, budget) of every pruned result of one run."""
+    return [(key, b) for m, bs in config["budgets"].items() for key in method_keys(m) for b in bs]
+
+
+def run_dirs():
+    return expand(RUN, task=TASKS, petl=PETLS, seed=SEEDS)
+
+
+def model_dirs(wc):
+    """Every model directory of one run: the fine-tuned model and each pruned result."""
+    run = RUN.format(**wc)
+    return [f"{run}/finetune"] + [f"{run}/pruned/{k}-{b}" for k, b in pruned_keys()]
+
+
+def study_targets():
+    targets = [f"{R}/data/gallery.png", f"{R}/data/probe.json"]
+    for wc in [dict(task=t, petl=p, seed=s) for t in TASKS for p in PETLS for s in SEEDS]:
+        targets += [f"{d}/efficiency.json" for d in model_dirs(wc)]
+    return targets
