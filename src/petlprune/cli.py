@@ -26,6 +26,7 @@ STAGES: dict[str, str] = {
     "plan": "turn scores and a budget into a pruning Plan",
     "prune": "apply a Plan, evaluate, re-train, evaluate",
     "summary": "collect every result into results/summary.csv",
+    "book": "assemble the jupyter-book's generated pages from the results tree",
 }
 
 

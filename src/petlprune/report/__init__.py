@@ -1,1 +1,59 @@
-"""petlprune.report."""
+"""Results tree → tidy tables and figures, used by the notebooks, the ``summary`` and ``book`` stages.
+
+Typical use in a notebook::
+
+    from petlprune import report
+    df = report.load_results("results")            # one row per task × petl × seed × method × budget
+    agg = report.aggregate(df)                      # mean ± std over seeds and random draws
+    report.to_markdown(report.comparison_table(agg))
+"""
+
+from petlprune.report.figures import (
+    AXES,
+    accuracy_figure,
+    accuracy_vs,
+    budget_marker,
+    depth_bars,
+    method_color,
+    tradeoff_figure,
+)
+from petlprune.report.load import (
+    COLUMNS,
+    FINETUNE,
+    ResultsError,
+    RunDir,
+    collect_provenance,
+    find_runs,
+    load_results,
+    ppt,
+    read_summary,
+    split_key,
+    split_result_dir,
+    write_summary,
+)
+from petlprune.report.sections import SECTIONS, block_score_section, method_section, sls_section
+from petlprune.report.tables import (
+    METHOD_LABELS,
+    METHOD_ORDER,
+    METRICS,
+    aggregate,
+    budget_family,
+    comparison_table,
+    mean_std,
+    method_label,
+    pareto_mask,
+    rank_table,
+    result_table,
+    sort_results,
+    to_markdown,
+)
+
+__all__ = [
+    "AXES", "COLUMNS", "FINETUNE", "METHOD_LABELS", "METHOD_ORDER", "METRICS", "SECTIONS",
+    "ResultsError", "RunDir",
+    "accuracy_figure", "accuracy_vs", "aggregate", "block_score_section", "budget_family", "budget_marker",
+    "collect_provenance", "comparison_table", "depth_bars", "find_runs", "load_results", "mean_std",
+    "method_color", "method_label", "method_section", "pareto_mask", "ppt", "rank_table", "read_summary",
+    "result_table", "sls_section", "sort_results", "split_key", "split_result_dir", "to_markdown",
+    "tradeoff_figure", "write_summary",
+]

@@ -1,0 +1,253 @@
+"""Tidy results → aggregated tables: mean ± std over seeds (and random draws), ranks, Pareto fronts.
+
+Every function takes the tidy table of :func:`petlprune.report.load.load_results` (or its
+aggregate) and returns a new frame; none reads files. Accuracies are in percent.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from petlprune.report.load import FINETUNE
+
+__all__ = [
+    "METHOD_LABELS",
+    "METHOD_ORDER",
+    "METRICS",
+    "method_label",
+    "budget_family",
+    "budget_order",
+    "sort_results",
+    "aggregate",
+    "mean_std",
+    "result_table",
+    "comparison_table",
+    "rank_table",
+    "pareto_mask",
+    "to_markdown",
+]
+
+# Display names; a method missing here is shown by its registry name.
+METHOD_LABELS: dict[str, str] = {
+    FINETUNE: "unpruned",
+    "sls": "SLS",
+    "sglp": "SGLP",
+    "pear": "Pear",
+    "spa": "SPA",
+    "last_k": "last-k",
+    "random": "random",
+    "block_influence": "Block Influence",
+    "angular": "angular distance",
+    "taylor_layer": "Taylor (layer)",
+    "depgraph": "DepGraph",
+    "adapter_drop": "adapter drop",
+    "fine_pruning": "fine-pruning",
+}
+# Table order: the reference, the studied methods, then the baselines; unknown methods last.
+METHOD_ORDER: list[str] = list(METHOD_LABELS)
+
+# Per-result numbers that are averaged (mean ± std) over seeds and draws.
+METRICS: list[str] = [
+    "top1", "top1_before_retrain", "top1_drop", "depth",
+    "params_forward", "params_stored", "flops",
+    "throughput_b1", "throughput_b64", "latency_b1_ms", "latency_b64_ms",
+    "speedup_b1", "speedup_b64", "decision_seconds", "ppt",
+]
+
+_BUDGET_RE = re.compile(r"^([a-z])(\d+(?:\.\d+)?)$")
+
+
+def method_label(method: str) -> str:
+    return METHOD_LABELS.get(method, method)
+
+
+def budget_family(budget: str) -> str:
+    """Which budgets are comparable: ``matched`` and SLS's ``a*`` share SLS's depth ("matched")."""
+    if budget == "matched" or budget.startswith("a"):
+        return "matched"
+    m = _BUDGET_RE.match(budget)
+    return {"d": "depth", "r": "ratio", "p": "density", "k": "segments"}.get(m[1], budget) if m else budget
+
+
+def budget_order(budget: str) -> tuple:
+    """Sort key of budgets: none, matched, alphas ascending, depths descending, other kinds."""
+    if budget == "none":
+        return (0, 0.0)
+    if budget == "matched":
+        return (1, 0.0)
+    m = _BUDGET_RE.match(budget)
+    if not m:
+        return (9, 0.0, budget)
+    value = float(m[2])
+    # alphas ascending; depths descending (cheapest last); other kinds by value
+    return ({"a": 2, "d": 3}.get(m[1], 4), -value if m[1] == "d" else value, m[1])
+
+
+def _method_key(method: str) -> tuple:
+    return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method)
+
+
+def sort_results(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows in reading order: task, petl, method (reference first), budget, seed, draw."""
+    order = sorted(
+        df.index,
+        key=lambda i: (
+            *(str(df.at[i, c]) for c in ("task", "petl") if c in df),
+            _method_key(df.at[i, "method"]),
+            budget_order(df.at[i, "budget"]),
+            *(df.at[i, c] if c in df and pd.notna(df.at[i, c]) else -1 for c in ("seed", "draw")),
+        ),
+    )
+    return df.loc[order].reset_index(drop=True)
+
+
+def aggregate(
+    df: pd.DataFrame,
+    by: Sequence[str] = ("task", "petl", "method", "budget"),
+    metrics: Sequence[str] = METRICS,
+) -> pd.DataFrame:
+    """Mean and std (ddof=1) of each metric over the rows of each group.
+
+    Random draws and seeds are pooled: a group of ``random`` at one budget holds seeds × draws rows.
+
+    Args:
+        df: the tidy table.
+        by: grouping columns.
+        metrics: columns to average.
+
+    Returns:
+        One row per group with ``n`` (rows pooled), ``n_seeds``, ``{metric}_mean``, ``{metric}_std``.
+    """
+    by = list(by)
+    metrics = [m for m in metrics if m in df]
+    grouped = df.groupby(by, sort=False, dropna=False)
+    stats = grouped[metrics].agg(["mean", "std"])
+    stats.columns = [f"{m}_{s}" for m, s in stats.columns]
+    stats.insert(0, "n_seeds", grouped["seed"].nunique())
+    stats.insert(0, "n", grouped.size())
+    return sort_results(stats.reset_index())
+
+
+def mean_std(mean: float, std: float = np.nan, digits: int = 1) -> str:
+    """``71.3 ± 0.4``; just the mean when the std is undefined (one seed); ``—`` when no mean."""
+    if pd.isna(mean):
+        return "—"
+    if pd.isna(std):
+        return f"{mean:,.{digits}f}"
+    return f"{mean:,.{digits}f} ± {std:,.{digits}f}"
+
+
+def _fmt_count(value: float) -> str:
+    if pd.isna(value):
+        return "—"
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f}{suffix}"
+    return f"{value:.0f}"
+
+
+# Columns of the per-result table: (header, metric, formatter of (mean, std)).
+_RESULT_COLUMNS: list[tuple[str, str, object]] = [
+    ("top-1 %", "top1", lambda m, s: mean_std(m, s, 1)),
+    ("before re-train %", "top1_before_retrain", lambda m, s: mean_std(m, s, 1)),
+    ("depth", "depth", lambda m, s: mean_std(m, s, 1)),
+    ("params fwd", "params_forward", lambda m, s: _fmt_count(m)),
+    ("params stored", "params_stored", lambda m, s: _fmt_count(m)),
+    ("FLOPs/img", "flops", lambda m, s: _fmt_count(m)),
+    ("img/s b1", "throughput_b1", lambda m, s: mean_std(m, s, 0)),
+    ("img/s b64", "throughput_b64", lambda m, s: mean_std(m, s, 0)),
+    ("latency b1 ms", "latency_b1_ms", lambda m, s: mean_std(m, s, 2)),
+    ("speed-up b1", "speedup_b1", lambda m, s: mean_std(m, s, 2)),
+    ("speed-up b64", "speedup_b64", lambda m, s: mean_std(m, s, 2)),
+    ("decision s", "decision_seconds", lambda m, s: mean_std(m, s, 2)),
+    ("PPT", "ppt", lambda m, s: mean_std(m, s, 1)),
+]
+
+
+def result_table(agg: pd.DataFrame) -> pd.DataFrame:
+    """Aggregated rows → a display table (strings): method, (key,) budget, n, and every cost column."""
+    out = pd.DataFrame({
+        **({"PETL": agg["petl"]} if "petl" in agg and agg["petl"].nunique() > 1 else {}),
+        **({"task": agg["task"]} if "task" in agg and agg["task"].nunique() > 1 else {}),
+        "method": agg["method"].map(method_label),
+        # one row per random draw when the caller grouped by key
+        **({"key": agg["key"]} if "key" in agg and (agg["key"] != agg["method"]).any() else {}),
+        "budget": agg["budget"],
+        "n": agg["n"],
+    })
+    for header, metric, fmt in _RESULT_COLUMNS:
+        if f"{metric}_mean" in agg:
+            out[header] = [fmt(m, s) for m, s in zip(agg[f"{metric}_mean"], agg[f"{metric}_std"], strict=True)]
+    return out.reset_index(drop=True)
+
+
+def _row_frame(agg: pd.DataFrame, values: pd.DataFrame) -> pd.DataFrame:
+    """Prefix a (petl, method, budget)-indexed frame of per-task columns with display labels."""
+    values = values.reset_index()
+    values.columns.name = None
+    key = values[["method", "budget"]].apply(lambda r: (_method_key(r["method"]), budget_order(r["budget"])), axis=1)
+    values = values.assign(_order=key).sort_values(["petl", "_order"]).drop(columns="_order")
+    values.insert(1, "method", values.pop("method").map(method_label))
+    if agg["petl"].nunique() == 1:
+        values = values.drop(columns="petl")
+    return values.reset_index(drop=True)
+
+
+def comparison_table(agg: pd.DataFrame, metric: str = "top1", digits: int = 1) -> pd.DataFrame:
+    """Method × budget rows, one column per task (``mean ± std`` of ``metric``), and the mean over tasks.
+
+    The mean over tasks is given only for rows that have every task, so that a row is never
+    flattered by the tasks it is missing.
+    """
+    tasks = sorted(agg["task"].unique())
+    index = ["petl", "method", "budget"]
+    means = agg.pivot_table(index=index, columns="task", values=f"{metric}_mean", dropna=False, sort=False)
+    stds = agg.pivot_table(index=index, columns="task", values=f"{metric}_std", dropna=False, sort=False)
+    means = means.reindex(columns=tasks).dropna(how="all")
+    stds = stds.reindex(index=means.index, columns=tasks)
+    cells = pd.DataFrame(
+        {t: [mean_std(m, s, digits) for m, s in zip(means[t], stds[t], strict=True)] for t in tasks},
+        index=means.index,
+    )
+    complete = means.notna().all(axis=1)
+    cells["mean"] = [mean_std(v, np.nan, digits) for v in means.mean(axis=1).where(complete)]
+    return _row_frame(agg, cells)
+
+
+def rank_table(agg: pd.DataFrame, metric: str = "top1_mean", higher_is_better: bool = True) -> pd.DataFrame:
+    """Per-task rank of each method × budget row (1 = best, ties share the better rank) and the mean rank."""
+    index = ["petl", "method", "budget"]
+    values = agg.pivot_table(index=index, columns="task", values=metric, dropna=False, sort=False)
+    values = values.dropna(how="all")
+    ranks = values.rank(axis=0, ascending=not higher_is_better, method="min")
+    ranks["mean rank"] = ranks.mean(axis=1).round(2)
+    return _row_frame(agg, ranks)
+
+
+def pareto_mask(x: Sequence[float], y: Sequence[float], x_higher: bool = True, y_higher: bool = True) -> np.ndarray:
+    """Points not dominated by any other (at least as good on both axes, better on one).
+
+    Args:
+        x, y: coordinates (NaN points are never on the front).
+        x_higher, y_higher: whether larger is better on that axis.
+
+    Returns:
+        Boolean mask, True for points on the Pareto front.
+    """
+    x = np.asarray(x, dtype=float) * (1 if x_higher else -1)
+    y = np.asarray(y, dtype=float) * (1 if y_higher else -1)
+    ok = ~(np.isnan(x) | np.isnan(y))
+    # (n, n): does point j dominate point i?
+    ge = (x[None, :] >= x[:, None]) & (y[None, :] >= y[:, None])
+    gt = (x[None, :] > x[:, None]) | (y[None, :] > y[:, None])
+    dominated = (ge & gt & ok[None, :]).any(axis=1)
+    return ok & ~dominated
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """A Markdown table (rendered by myst-nb with ``nb_render_markdown_format: myst``)."""
+    return df.to_markdown(index=False, disable_numparse=True)
