@@ -25,9 +25,11 @@ include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/prune.smk"
 include: "workflow/rules/measure.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
     input:
         study_targets(),
+        "book/_build/html/index.html",
     default_target: True

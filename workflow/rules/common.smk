@@ -1,4 +1,5 @@
 # Shared names and target lists. Pure functions of the (validated) config; no work happens here.
+import glob
 import json
 import shlex
 
@@ -20,8 +21,22 @@ wildcard_constraints:
     budget=BUDGET_RE,
 
 
+METHOD_NAMES = ["sls", "last_k", "random", "block_influence", "angular", "taylor_layer"]
+
+
+def registered_method(instance):
+    """The registered method an instance of config['methods'] runs."""
+    return config["methods"][instance].get("method", instance)
+
+
 def check_config():
     """Cross-field checks the schema cannot express; fail before any job runs, naming the key."""
+    for instance in config["methods"]:
+        if registered_method(instance) not in METHOD_NAMES:
+            raise ValueError(
+                f"config key methods.{instance}: unknown method {registered_method(instance)!r} "
+                f"(known: {', '.join(METHOD_NAMES)}; a variant names one with `method:`)"
+            )
     unknown = sorted(set(config["budgets"]) - set(config["methods"]))
     if unknown:
         raise ValueError(f"config key budgets.{unknown[0]}: method {unknown[0]!r} has no entry under 'methods'")
@@ -30,6 +45,7 @@ def check_config():
         raise ValueError(
             f"config key budgets.{uses_matched[0]}: 'matched' needs an SLS alpha budget (budgets.sls: [a0.3])"
         )
+    return True
 
 
 check_config()
@@ -40,25 +56,31 @@ def as_json(obj):
     return shlex.quote(json.dumps(obj, sort_keys=True))
 
 
-def method_keys(method):
-    """Result keys of one method: 'random' runs several draws, random.0, random.1, ..."""
-    draws = config["methods"][method].get("draws")
-    return [f"{method}.{k}" for k in range(draws)] if draws else [method]
+def method_keys(instance):
+    """Result keys of one method instance: 'random' runs several draws, random.0, random.1, ..."""
+    draws = config["methods"][instance].get("draws")
+    return [f"{instance}.{k}" for k in range(draws)] if draws else [instance]
 
 
-def base_method(key):
+def instance_of(key):
+    """'random.1' -> 'random': the config instance a result key belongs to."""
     return key.split(".")[0]
 
 
+def base_method(key):
+    """The registered method a result key runs."""
+    return registered_method(instance_of(key))
+
+
 def method_options(key):
-    """The options a method key is scored with (a draw index for random draws; the lowest SLS
-    alpha of the sweep so that t-SNE early stop still covers every alpha)."""
-    method = base_method(key)
-    opts = {k: v for k, v in config["methods"][method].items() if k != "draws"}
+    """The options a result key is scored with (a draw index for random draws; the lowest SLS
+    alpha of the instance's sweep so that t-SNE early stop still covers every alpha)."""
+    instance = instance_of(key)
+    opts = {k: v for k, v in config["methods"][instance].items() if k not in ("draws", "method")}
     if "." in key:
         opts["draw"] = int(key.split(".")[1])
-    if method == "sls":
-        alphas = [float(b[1:]) for b in config["budgets"].get("sls", []) if b.startswith("a")]
+    if base_method(key) == "sls":
+        alphas = [float(b[1:]) for b in config["budgets"].get(instance, []) if b.startswith("a")]
         if alphas:
             opts["alpha"] = min(alphas)
     return opts

@@ -1,0 +1,107 @@
+# Report: papermill executes the notebook templates over the results tree; jupyter-book compiles them.
+# Notebooks only read results and draw; they never train.
+
+NB = f"{R}/notebooks"
+PETL0, SEED0 = PETLS[0], SEEDS[0]
+SLS_BUDGET = next((b for b in config["budgets"].get("sls", []) if b.startswith("a")), "a0.3")
+
+
+def run_results(task, petl, seed, methods=None):
+    """Every file a notebook about one run reads: metrics/efficiency of each model, plans, scores."""
+    wc = dict(task=task, petl=petl, seed=seed)
+    run = RUN.format(**wc)
+    files = [f"{run}/finetune/metrics.json", f"{run}/finetune/efficiency.json"]
+    for key, budget in pruned_keys():
+        if methods is None or instance_of(key) in methods:
+            d = f"{run}/pruned/{key}-{budget}"
+            files += [f"{d}/metrics.json", f"{d}/efficiency.json", f"{run}/plan/{key}-{budget}.json",
+                      f"{run}/score/{key}.json"]
+    return sorted(set(files))
+
+
+rule result_notebook:
+    input:
+        template="notebooks/result.ipynb",
+        results=lambda wc: run_results(wc.task, PETL0, SEED0, methods={wc.method})
+        + [RUN.format(task=wc.task, petl=PETL0, seed=SEED0) + "/features.npz"],
+    output:
+        f"{NB}/{{task}}/{{method}}.ipynb",
+    log:
+        f"{R}/logs/notebooks/{{task}}-{{method}}.log",
+    shell:
+        "papermill --no-progress-bar {input.template} {output} -p results_dir {R} -p task {wildcards.task}"
+        " -p method {wildcards.method} -p petl {PETL0} -p seed {SEED0} > {log} 2>&1"
+
+
+rule task_notebook:
+    input:
+        template="notebooks/dataset.ipynb",
+        results=lambda wc: [f for s in SEEDS for f in run_results(wc.task, PETL0, s)],
+    output:
+        f"{NB}/{{task}}.ipynb",
+    log:
+        f"{R}/logs/notebooks/{{task}}.log",
+    shell:
+        "papermill --no-progress-bar {input.template} {output} -p results_dir {R} -p task {wildcards.task}"
+        " -p petl {PETL0} > {log} 2>&1"
+
+
+rule summary:
+    input:
+        [f for t in TASKS for p in PETLS for s in SEEDS for f in run_results(t, p, s)],
+    output:
+        f"{R}/summary.csv",
+    log:
+        f"{R}/logs/summary.log",
+    shell:
+        "petlprune summary --results {R} --out {output} > {log} 2>&1"
+
+
+rule summary_notebook:
+    input:
+        template="notebooks/summary.ipynb",
+        summary=f"{R}/summary.csv",
+    output:
+        f"{NB}/summary.ipynb",
+    log:
+        f"{R}/logs/notebooks/summary.log",
+    shell:
+        "papermill --no-progress-bar {input.template} {output} -p results_dir {R}"
+        " -p sls_budget {SLS_BUDGET} > {log} 2>&1"
+
+
+rule rulegraph:
+    input:
+        "Snakefile",
+        workflow.configfiles,
+    output:
+        f"{R}/rulegraph.dot",
+    params:
+        configs=" ".join(f"--configfile {c}" for c in workflow.config_settings.configfiles),
+    log:
+        f"{R}/logs/rulegraph.log",
+    shell:
+        "snakemake --rulegraph --nolock {params.configs} > {output} 2> {log}"
+
+
+rule book:
+    input:
+        notebooks=[f"{NB}/summary.ipynb"]
+        + expand(f"{NB}/{{task}}.ipynb", task=TASKS)
+        + expand(f"{NB}/{{task}}/{{method}}.ipynb", task=TASKS, method=list(config["budgets"])),
+        gallery=f"{R}/data/gallery.png",
+        probe=f"{R}/data/probe.json",
+        rulegraph=f"{R}/rulegraph.dot",
+        sources=["book/_config.yml", "book/_toc.yml"] + sorted(glob.glob("book/**/*.md", recursive=True)),
+    output:
+        "book/_build/html/index.html",
+    params:
+        config=as_json(config),
+        configs=" ".join(f"--config {c}" for c in workflow.config_settings.configfiles),
+    log:
+        f"{R}/logs/book.log",
+    benchmark:
+        f"{R}/benchmarks/book.tsv"
+    shell:
+        "(petlprune book --results {R} --book book --config-json {params.config} {params.configs}"
+        " --rulegraph {input.rulegraph} && jupyter-book build book) > {log} 2>&1"
