@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
 
-from petlprune.io import atomic_write_json, read_json
+from petlprune.io import atomic_path, atomic_write_json, read_json
 
 __all__ = [
     "Budget",
@@ -68,20 +68,50 @@ class Budget:
 
 @dataclass
 class Scores:
-    """What ``score`` measured: one value per unit (block, adapter position, channel group)."""
+    """What ``score`` measured: one value per unit (block, adapter position, channel group).
+
+    Serialised as ``{"method", "scores", "extra", "seconds"}`` (CONTRIBUTING.md). A value may be
+    None for a unit that was not measured (e.g. SLS's early stop). ``arrays`` (named numpy arrays a
+    report needs: embeddings, matrices) go to a sidecar ``.npz`` next to the JSON, named in its
+    ``"arrays"`` key, and come back with :meth:`load`.
+    """
 
     method: str
-    values: list[float]
+    values: list[float | None]
     extra: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    arrays: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def save(self, path: str | Path) -> None:
-        atomic_write_json(path, asdict(self))
+        path = Path(path)
+        data: dict[str, Any] = {"method": self.method, "scores": list(self.values), "extra": self.extra,
+                                "seconds": self.seconds}
+        if self.arrays:
+            import numpy as np
+
+            sidecar = path.with_suffix(".npz")
+            with atomic_path(sidecar) as tmp, open(tmp, "wb") as f:
+                np.savez(f, **self.arrays)
+            data["arrays"] = sidecar.name
+        atomic_write_json(path, data)
 
     @classmethod
     def load(cls, path: str | Path) -> Scores:
+        path = Path(path)
         data = read_json(path)
-        return cls(**data)
+        missing = {"method", "scores"} - set(data)
+        if missing:
+            raise ValueError(f"{path}: not a scores file, missing key(s) {sorted(missing)}")
+        arrays: dict[str, Any] = {}
+        if data.get("arrays"):
+            import numpy as np
+
+            sidecar = path.parent / data["arrays"]
+            if not sidecar.is_file():
+                raise FileNotFoundError(f"{path}: its arrays file {sidecar} is missing")
+            with np.load(sidecar, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        return cls(data["method"], data["scores"], data.get("extra", {}), data.get("seconds", 0.0), arrays)
 
 
 @dataclass
@@ -145,12 +175,14 @@ class ScoringContext:
 
     Args:
         model: the fine-tuned PETL model, eval mode.
-        features: (L, n, d) CLS token of every block output on the training images, or None.
+        features: ``features.npz`` as a mapping: ``cls`` (L, n, d) CLS token of every block output,
+            ``embed`` (n, d) the input of the first block, ``labels`` (n,); or None.
         labels: (n,) class labels of those images, or None.
         loader: a DataLoader over training data (for gradient-based criteria), or None.
         device: torch device string.
         seed: the run's seed (random draws, t-SNE).
         options: the method's own config section.
+        threads: CPU threads the method may use (e.g. openTSNE's ``n_jobs``).
     """
 
     model: Any = None
@@ -160,13 +192,14 @@ class ScoringContext:
     device: str = "cpu"
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
+    threads: int = 1
 
 
 @runtime_checkable
 class Method(Protocol):
     name: str
     budget_kinds: tuple[str, ...]
-    needs: frozenset[str]  # subset of {"features", "loader"}: what score() reads from the context
+    needs: frozenset[str]  # subset of {"features", "loader"}: what score() reads besides the model
 
     def score(self, ctx: ScoringContext) -> Scores: ...
 

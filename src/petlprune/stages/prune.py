@@ -1,0 +1,103 @@
+"""``petlprune prune``: apply a Plan to a fine-tuned model, evaluate, re-train, evaluate.
+
+The re-training is the fine-tuning recipe itself (same trainer, same ``--train`` config): the PETL
+modules of the kept blocks + the head are trained, the backbone stays frozen. Accuracy is reported
+right after pruning (``top1_before_retrain``, it can collapse) and after the LAST re-training epoch
+(``top1``). With ``--val`` the split pair is train800 → val200, as in ``finetune --val``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from petlprune.stages.features import positive_int
+from petlprune.stages.finetune import json_object, splits_for
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, required=True, help="fine-tuned task model (RUN_DIR/finetune/model.pt)")
+    parser.add_argument("--backbone", type=Path, required=True, help="the backbone file the task was trained on")
+    parser.add_argument("--plan", type=Path, required=True, help="RUN_DIR/plan/NAME-BUDGET.json")
+    parser.add_argument("--data", type=Path, required=True, help="task folder in the VTAB-1k layout")
+    parser.add_argument("--train", type=json_object, required=True,
+                        help="TrainConfig as a JSON object: the fine-tuning recipe, re-used for re-training")
+    parser.add_argument("--seed", type=int, required=True, help="seed of data order and dropout")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch intra-op threads")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (RUN_DIR/pruned/NAME-BUDGET)")
+    parser.add_argument("--val", action="store_true",
+                        help="re-train on train800, evaluate on val200 (hyper-parameter search; never selects on test)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+
+
+def run(args: argparse.Namespace) -> None:
+    from petlprune.data.vtab import load_meta, make_loader
+    from petlprune.io import atomic_write_json, provenance
+    from petlprune.methods import Plan, get
+    from petlprune.models.build import load_task_model, save_task_model
+    from petlprune.models.petl import mark_trainable
+    from petlprune.stages.features import task_dataset
+    from petlprune.train import TrainConfig, evaluate, fit, peak_memory_mb, select_device, set_determinism
+
+    t0 = time.perf_counter()
+    cfg = TrainConfig.from_dict(args.train, source="--train")
+    train_split, eval_split = splits_for(args.val)
+    set_determinism(args.seed, args.threads)
+    device = select_device(args.device)
+    plan = Plan.load(args.plan)
+    model, info = load_task_model(args.model, args.backbone)
+    if info.get("plan") is not None:
+        raise SystemExit(f"petlprune prune: {args.model} is already pruned; give the fine-tuned model")
+    depth_before = len(model.blocks)
+    model = get(plan.method).apply(model, plan)
+    mark_trainable(model, info["petl"])  # the kept blocks' PETL modules + head; backbone frozen
+
+    train_ds, eval_ds = task_dataset(args.data, train_split, info), task_dataset(args.data, eval_split, info)
+    eval_loader = make_loader(eval_ds, 256, shuffle=False, seed=args.seed)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(f"prune: {plan.method} {plan.budget}: {depth_before} -> {len(model.blocks)} blocks {plan.kept_blocks}, "
+          f"{trainable:,} trainable params; {train_split}: {len(train_ds)}, {eval_split}: {len(eval_ds)}, "
+          f"device {device}", flush=True)
+    before = evaluate(model, eval_loader, device)
+    print(f"prune: {eval_split} top1 before re-training {before['top1']:.4f}", flush=True)
+    history = fit(model, make_loader(train_ds, cfg.batch_size, shuffle=True, seed=args.seed), cfg,
+                  device=device, seed=args.seed, log=lambda s: print(s, flush=True))
+    after = evaluate(model, eval_loader, device)
+    print(f"prune: {eval_split} top1 after re-training {after['top1']:.4f} (n={after['n']})", flush=True)
+
+    model = model.cpu()
+    save_task_model(args.out / "model.pt", model, backbone=args.backbone, petl=info["petl"],
+                    petl_options=info["petl_options"], num_classes=info["num_classes"], plan=plan)
+    meta = load_meta(args.data)
+    metrics = {
+        "task": meta.get("name", args.data.name),
+        "petl": info["petl"],
+        "petl_options": info["petl_options"],
+        "seed": args.seed,
+        "method": plan.method,
+        "budget": plan.budget,
+        "top1": after["top1"],
+        "top1_before_retrain": before["top1"],
+        "eval_loss": after["loss"],
+        "eval_loss_before_retrain": before["loss"],
+        "n_eval": after["n"],
+        "eval_split": eval_split,
+        "train_split": train_split,
+        "depth": len(model.blocks),
+        "depth_before": depth_before,
+        "kept_blocks": plan.kept_blocks,
+        "decision_seconds": plan.decision_seconds,
+        "num_classes": info["num_classes"],
+        "params_trainable": trainable,
+        "train": cfg.to_dict(),
+        "history": history,
+        "provenance": provenance(
+            device=str(device), seed=args.seed, wall_seconds=time.perf_counter() - t0,
+            peak_memory_mb=peak_memory_mb(device), threads=args.threads, argv=getattr(args, "argv", None),
+            backbone=str(args.backbone), data=str(args.data), model=str(args.model), plan=str(args.plan),
+        ),
+    }
+    atomic_write_json(args.out / "metrics.json", metrics)  # written last: its presence means the run finished

@@ -1,0 +1,133 @@
+"""The features → score → plan → prune stages end to end on a tiny backbone and a tiny generated task."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from petlprune.cli import main
+from petlprune.data.writer import write_split_folder
+from petlprune.methods import Plan, Scores
+from petlprune.models.build import load_task_model
+
+ARCH = "vit_tiny_patch16_224"
+TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 4, "num_heads": 2}
+TRAIN = {"epochs": 2, "lr": 0.003, "weight_decay": 0.0001, "warmup_epochs": 1, "batch_size": 16}
+COMMON = ["--threads", "1", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A tiny VTAB-layout task, a random tiny backbone and a fine-tuned adapter model."""
+    root = tmp_path_factory.mktemp("study")
+    rng = np.random.default_rng(0)
+    labels = np.arange(75) % 3
+    colours = rng.integers(0, 256, size=(3, 3))
+    images = np.clip(colours[labels][:, None, None, :] + rng.normal(0, 50, (75, 32, 32, 3)), 0, 255).astype(np.uint8)
+    task = root / "data" / "colours"
+    write_split_folder(task, images, labels,
+                       {"train800": np.arange(36), "val200": np.arange(36, 45),
+                        "train800val200": np.arange(45), "test": np.arange(45, 75)},
+                       ["r", "g", "b"], {"seed": 0, "kind": "embedded", "description": "test colours"})
+    backbone = root / "backbone" / "tiny.pt"
+    main(["pretrain", "--out", str(backbone), "--timm-model", ARCH, "--timm-kwargs", json.dumps(TINY),
+          "--weights", "random", "--seed", "0", "--threads", "1"])
+    run = root / "runs" / "colours" / "adapter" / "seed0"
+    main(["finetune", "--data", str(task), "--backbone", str(backbone), "--petl", "adapter",
+          "--train", json.dumps(TRAIN), "--seed", "0", "--out", str(run / "finetune"), *COMMON])
+    return {"task": task, "backbone": backbone, "run": run, "model": run / "finetune" / "model.pt"}
+
+
+def _score(r, method, options="{}", features=None):
+    out = r["run"] / "score" / f"{method}.json"
+    main(["score", "--method", method, "--model", str(r["model"]), "--backbone", str(r["backbone"]),
+          "--data", str(r["task"]), "--features", str(features or r["run"] / "features.npz"), "--options", options,
+          "--seed", "0", "--out", str(out), *COMMON])
+    return out
+
+
+def _plan(r, method, budget, *extra):
+    out = r["run"] / "plan" / f"{method}-{budget}.json"
+    main(["plan", "--method", method, "--scores", str(r["run"] / "score" / f"{method}.json"),
+          "--budget", budget, "--out", str(out), *extra])
+    return out
+
+
+def _prune(r, plan, out, *extra):
+    main(["prune", "--model", str(r["model"]), "--backbone", str(r["backbone"]), "--plan", str(plan),
+          "--data", str(r["task"]), "--train", json.dumps(TRAIN), "--seed", "0", "--out", str(out), *COMMON, *extra])
+    return json.loads((out / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def sls_run(run_dir):
+    r = run_dir
+    main(["features", "--model", str(r["model"]), "--backbone", str(r["backbone"]), "--data", str(r["task"]),
+          "--split", "train800val200", "--out", str(r["run"] / "features.npz"), *COMMON])
+    _score(r, "sls", '{"perplexity": 10}')
+    plan = _plan(r, "sls", "a0.3")
+    metrics = _prune(r, plan, r["run"] / "pruned" / "sls-a0.3")
+    return r, Plan.load(plan), metrics
+
+
+def test_features_and_scores_files(sls_run):
+    r, plan, _ = sls_run
+    with np.load(r["run"] / "features.npz") as npz:
+        assert npz["cls"].shape == (4, 45, 32) and npz["embed"].shape == (45, 32)
+        np.testing.assert_array_equal(npz["labels"], np.arange(45) % 3)
+    data = json.loads((r["run"] / "score" / "sls.json").read_text())
+    assert set(data) == {"method", "scores", "extra", "seconds", "arrays"} and len(data["scores"]) == 4
+    scores = Scores.load(r["run"] / "score" / "sls.json")
+    assert scores.arrays["embeddings"].shape[1:] == (45, 2)
+    assert 0 < scores.extra["features_seconds"] < scores.seconds <= plan.decision_seconds  # the pass is charged
+    assert plan.method == "sls" and plan.depth == scores.extra["decision"]["depth"] and plan.is_prefix
+
+
+def test_prune_metrics_and_reload(sls_run):
+    r, plan, metrics = sls_run
+    out = r["run"] / "pruned" / "sls-a0.3"
+    assert metrics["method"] == "sls" and metrics["budget"] == "a0.3" and metrics["depth"] == plan.depth
+    assert metrics["eval_split"] == "test" and metrics["train_split"] == "train800val200" and metrics["n_eval"] == 30
+    assert 0 <= metrics["top1_before_retrain"] <= 1 and 0 <= metrics["top1"] <= 1 and len(metrics["history"]) == 2
+    assert {"versions", "git_commit", "git_dirty", "device", "seed", "wall_seconds", "peak_memory_mb",
+            "threads", "argv"} <= set(metrics["provenance"])
+    model, info = load_task_model(out / "model.pt", r["backbone"])
+    assert len(model.blocks) == plan.depth and info["plan"]["kept_blocks"] == plan.kept_blocks
+    from petlprune.data.vtab import VTABDataset, make_loader
+    from petlprune.train import evaluate
+
+    test = VTABDataset(r["task"], "test", image_size=32, mean=info["mean"], std=info["std"])
+    assert evaluate(model, make_loader(test, 8, shuffle=False, seed=0))["top1"] == pytest.approx(metrics["top1"])
+
+
+def test_matched_budget_and_keep_all_plan(sls_run):
+    r, sls_plan, _ = sls_run
+    _score(r, "last_k", features=r["run"] / "absent.npz")  # needs no features: the file is never read
+    matched = Plan.load(_plan(r, "last_k", "matched", "--matched-plan", str(r["run"] / "plan" / "sls-a0.3.json")))
+    assert matched.budget == "matched" and matched.kept_blocks == list(range(sls_plan.depth))
+    with pytest.raises(SystemExit, match="needs --matched-plan"):
+        _plan(r, "last_k", "matched")
+    with pytest.raises(SystemExit, match="holds scores of 'last_k', not 'sls'"):
+        main(["plan", "--method", "sls", "--scores", str(r["run"] / "score" / "last_k.json"), "--budget", "d2",
+              "--out", str(r["run"] / "plan" / "x.json")])
+    # a plan that keeps every block: accuracy right after "pruning" is the fine-tuned accuracy
+    finetuned = json.loads((r["run"] / "finetune" / "metrics.json").read_text())
+    metrics = _prune(r, _plan(r, "last_k", "d4"), r["run"] / "pruned" / "last_k-d4")
+    assert metrics["top1_before_retrain"] == pytest.approx(finetuned["top1"])
+
+
+def test_prune_is_deterministic_and_val_mode_never_reads_test(sls_run, tmp_path):
+    r, _, metrics = sls_run
+    again = _prune(r, r["run"] / "plan" / "sls-a0.3.json", tmp_path / "again")
+    strip = ("seconds",)
+    assert again["top1"] == metrics["top1"] and again["top1_before_retrain"] == metrics["top1_before_retrain"]
+    assert [{k: v for k, v in h.items() if k not in strip} for h in again["history"]] == \
+        [{k: v for k, v in h.items() if k not in strip} for h in metrics["history"]]
+    (r["task"] / "test.txt").rename(r["task"] / "test.hidden")  # any read of test would now fail
+    try:
+        val = _prune(r, r["run"] / "plan" / "sls-a0.3.json", tmp_path / "val", "--val")
+    finally:
+        (r["task"] / "test.hidden").rename(r["task"] / "test.txt")
+    assert val["eval_split"] == "val200" and val["train_split"] == "train800" and val["n_eval"] == 9
