@@ -72,7 +72,7 @@ rule summary_notebook:
 
 rule rulegraph:
     input:
-        "Snakefile",
+        workflow.main_snakefile,
         workflow.configfiles,
     output:
         f"{R}/rulegraph.dot",
@@ -81,7 +81,7 @@ rule rulegraph:
     log:
         f"{R}/logs/rulegraph.log",
     shell:
-        "snakemake --rulegraph --nolock {params.configs} > {output} 2> {log}"
+        "snakemake -s {input[0]} --rulegraph --nolock --cores 1 {params.configs} > {output} 2> {log}"
 
 
 rule book:

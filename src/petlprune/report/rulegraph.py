@@ -48,7 +48,8 @@ def parse_rulegraph(text: str, source: str | Path = "<rulegraph>") -> nx.DiGraph
     for a, b, lineno in edges:
         if a not in labels or b not in labels:
             raise ValueError(f"{source}:{lineno}: edge {a} -> {b} names an undeclared node")
-        graph.add_edge(labels[a], labels[b])
+        if a != b:  # a rule feeding itself (a 'matched' plan reads the SLS plan) is not a layer
+            graph.add_edge(labels[a], labels[b])
     return graph
 
 
