@@ -10,7 +10,7 @@ PETLS = config["petl"]["methods"]
 THREADS = config.get("threads", 1)
 RUN = R + "/runs/{task}/{petl}/seed{seed}"
 BACKBONE = f"{R}/backbone/{config['backbone']['name']}.pt"
-METHOD_RE = r"[a-z_]+(\.[0-9]+)?"
+METHOD_RE = r"[a-z][a-z0-9_]*(\.[0-9]+)?"
 BUDGET_RE = r"matched|d[0-9]+|[arpk][0-9]+(\.[0-9]+)?"
 
 wildcard_constraints:
@@ -21,7 +21,7 @@ wildcard_constraints:
     budget=BUDGET_RE,
 
 
-METHOD_NAMES = ["sls", "last_k", "random", "block_influence", "angular", "taylor_layer"]
+METHOD_NAMES = ["sls", "last_k", "random", "block_influence", "angular", "taylor_layer", "sglp"]
 
 
 def registered_method(instance):
