@@ -1,0 +1,74 @@
+"""``petlprune measure``: parameters, FLOPs, throughput and latency of trained models.
+
+One job measures many model directories, one at a time with every thread it was given, so that
+timings never share the machine with each other and torch is imported once. Each directory's
+``model.pt`` is loaded through ``models.build.load_task_model`` and ``efficiency.json`` is written
+next to it, atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+__all__ = ["add_arguments", "run"]
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model_dirs", nargs="+", type=Path, metavar="MODEL_DIR",
+                        help="directories holding model.pt; efficiency.json is written into each")
+    parser.add_argument("--backbone", type=Path, required=True, help="the cached backbone file (results/backbone/*.pt)")
+    parser.add_argument("--image-size", type=_positive, required=True, help="side of the square input images")
+    parser.add_argument("--batch-sizes", type=_positive, nargs="+", default=[1, 64], help="batch sizes to time")
+    parser.add_argument("--warmup", type=_non_negative, default=10, help="untimed passes before each timing")
+    parser.add_argument("--repeats", type=_positive, default=50, help="timed passes (the median is reported)")
+    parser.add_argument("--threads", type=_positive, default=1, help="torch intra-op threads")
+    parser.add_argument("--device", default="cpu", help="torch device to measure on (e.g. cpu, cuda)")
+
+
+def run(args: argparse.Namespace) -> None:
+    import torch
+
+    from petlprune.io import atomic_write_json
+    from petlprune.measure import measure_model
+    from petlprune.models.build import load_task_model
+
+    missing = [str(d / "model.pt") for d in args.model_dirs if not (d / "model.pt").is_file()]
+    if missing:
+        raise SystemExit(f"petlprune measure: model file(s) not found: {', '.join(missing)}")
+    torch.set_num_threads(args.threads)
+    for model_dir in args.model_dirs:
+        model, info = load_task_model(model_dir / "model.pt", args.backbone)
+        result = measure_model(
+            model,
+            image_size=args.image_size,
+            batch_sizes=args.batch_sizes,
+            plan=info.get("plan"),
+            warmup=args.warmup,
+            repeats=args.repeats,
+            device=args.device,
+        )
+        atomic_write_json(model_dir / "efficiency.json", result)
+        timed = ", ".join(
+            f"bs{b}: {t['images_per_s']:.0f} img/s {t['latency_ms']:.2f} ms" for b, t in result["throughput"].items()
+        )
+        print(
+            f"{model_dir}: forward {result['params_forward']:,} params, stored {result['params_stored']:,}, "
+            f"{result['flops_per_image'] / 1e6:.2f} MFLOPs/image, {timed}",
+            flush=True,
+        )
+        del model
