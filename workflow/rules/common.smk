@@ -21,7 +21,9 @@ wildcard_constraints:
     budget=BUDGET_RE,
 
 
-METHOD_NAMES = ["sls", "last_k", "random", "block_influence", "angular", "taylor_layer", "sglp"]
+from petlprune.methods import METHOD_MODULES  # the registry's names (importing it is cheap)
+
+METHOD_NAMES = sorted(METHOD_MODULES)
 
 
 def registered_method(instance):

@@ -12,7 +12,9 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from sklearn import metrics
+
+# sklearn.metrics is imported inside the functions: SLS's plan step imports this module for the
+# criterion names only and should start in well under a second.
 
 __all__ = [
     "CRITERIA",
@@ -43,16 +45,22 @@ def _check(x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def silhouette(x: np.ndarray, labels: np.ndarray) -> float:
     """Mean silhouette coefficient (Euclidean) of ``x`` (n, d) clustered by ``labels`` (n,)."""
+    from sklearn import metrics
+
     return float(metrics.silhouette_score(*_check(x, labels), metric="euclidean"))
 
 
 def calinski_harabasz(x: np.ndarray, labels: np.ndarray) -> float:
     """Calinski–Harabasz index: between- over within-class dispersion (higher is better)."""
+    from sklearn import metrics
+
     return float(metrics.calinski_harabasz_score(*_check(x, labels)))
 
 
 def davies_bouldin(x: np.ndarray, labels: np.ndarray) -> float:
     """Davies–Bouldin index: mean worst-case class similarity (LOWER is better, 0 is best)."""
+    from sklearn import metrics
+
     return float(metrics.davies_bouldin_score(*_check(x, labels)))
 
 

@@ -1,8 +1,20 @@
-"""Pruning methods. Importing this package registers every method (one import line per method file)."""
+"""Pruning methods: the framework (``base``) and one file per method.
 
-import petlprune.methods.baselines  # noqa: F401
-import petlprune.methods.sglp  # noqa: F401
-import petlprune.methods.sls  # noqa: F401
+``METHOD_MODULES`` maps each registered name to the module that registers it; ``get(name)`` imports
+only that module, so a job that plans with SLS does not import torch for SGLP. Adding a method: its
+file, decorated with ``@register("name")``, and one line here.
+"""
+
 from petlprune.methods.base import Budget, Method, Plan, Scores, ScoringContext, available, get, register
 
-__all__ = ["Budget", "Method", "Plan", "Scores", "ScoringContext", "available", "get", "register"]
+METHOD_MODULES: dict[str, str] = {
+    "sls": "petlprune.methods.sls",
+    "last_k": "petlprune.methods.baselines",
+    "random": "petlprune.methods.baselines",
+    "block_influence": "petlprune.methods.baselines",
+    "angular": "petlprune.methods.baselines",
+    "taylor_layer": "petlprune.methods.baselines",
+    "sglp": "petlprune.methods.sglp",
+}
+
+__all__ = ["METHOD_MODULES", "Budget", "Method", "Plan", "Scores", "ScoringContext", "available", "get", "register"]

@@ -256,16 +256,22 @@ def register(name: str) -> Callable[[type], type]:
 
 
 def get(name: str) -> Method:
-    """The registered method called ``name``; an unknown name lists the known ones."""
-    import petlprune.methods  # noqa: F401  (importing the package registers every method)
+    """The registered method called ``name`` (its module is imported on first use); an unknown name
+    lists the known ones."""
+    import importlib
 
+    from petlprune.methods import METHOD_MODULES
+
+    if name not in _REGISTRY and name in METHOD_MODULES:
+        importlib.import_module(METHOD_MODULES[name])
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise KeyError(f"unknown method {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
+        raise KeyError(f"unknown method {name!r}; known: {', '.join(available())}") from None
 
 
 def available() -> list[str]:
-    import petlprune.methods  # noqa: F401
+    """Every method name, registered or importable."""
+    from petlprune.methods import METHOD_MODULES
 
-    return sorted(_REGISTRY)
+    return sorted(set(METHOD_MODULES) | set(_REGISTRY))

@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
-from petlprune.analysis.importance import all_span_distances, block_influence, taylor_importance
+# torch and the criteria are imported inside score(): `petlprune plan` loads this module only to
+# plan, and a planning job should not pay for importing torch (the DAG runs hundreds of them).
 from petlprune.methods.base import Budget, LayerPruningMethod, Plan, Scores, ScoringContext, register
 
 __all__ = ["LastK", "RandomBlocks", "BlockInfluence", "Angular", "TaylorLayer"]
@@ -96,12 +96,14 @@ class BlockInfluence(LayerPruningMethod):
         batches = _positive_int(self.name, "batches", opts["batches"], allow_none=True)
         if ctx.loader is None:
             raise ValueError("method 'block_influence' needs a data loader in the scoring context")
+        from petlprune.analysis.importance import block_influence
+
         values = block_influence(ctx.model, ctx.loader, batches).tolist()
         extra = {"batches": batches, "tokens": "all"}
         return Scores(self.name, values, extra, time.perf_counter() - start)
 
 
-def _residual_stream(features: Any) -> torch.Tensor:
+def _residual_stream(features: Any) -> torch.Tensor:  # noqa: F821 - torch imported lazily
     """(L + 1, n, d) stream from features.npz: ``embed`` (input of block 0), then ``cls`` of each block."""
     if not isinstance(features, Mapping):
         raise ValueError(
@@ -111,6 +113,8 @@ def _residual_stream(features: Any) -> torch.Tensor:
     missing = [key for key in ("cls", "embed") if key not in features]
     if missing:
         raise ValueError(f"method 'angular': features lack key(s) {missing} (features.npz must hold cls and embed)")
+    import torch
+
     cls = torch.as_tensor(np.asarray(features["cls"]))
     embed = torch.as_tensor(np.asarray(features["embed"]))
     if cls.dim() != 3 or embed.shape != cls.shape[1:]:
@@ -137,6 +141,8 @@ class Angular(LayerPruningMethod):
         start = time.perf_counter()
         _options(self.name, ctx, {})
         states = _residual_stream(ctx.features)
+        from petlprune.analysis.importance import all_span_distances
+
         spans = {str(n): dist for n, dist in all_span_distances(states).items()}
         extra = {"token": "cls", "span_distances": spans}
         return Scores(self.name, spans["1"], extra, time.perf_counter() - start)
@@ -182,13 +188,15 @@ class TaylorLayer(LayerPruningMethod):
         if ctx.loader is None:
             raise ValueError("method 'taylor_layer' needs a data loader in the scoring context")
         groups = self._groups(ctx, opts["scope"])
+        from petlprune.analysis.importance import taylor_importance
+
         result = taylor_importance(ctx.model, groups, ctx.loader, batches)
         values = [result.values[i] for i in range(len(groups))]
         extra = {"scope": opts["scope"], "batches": result.batches, "samples": result.samples,
                  "params": [sum(p.numel() for p in groups[i]) for i in range(len(groups))]}
         return Scores(self.name, values, extra, time.perf_counter() - start)
 
-    def _groups(self, ctx: ScoringContext, scope: str) -> dict[int, list[torch.nn.Parameter]]:
+    def _groups(self, ctx: ScoringContext, scope: str) -> dict[int, list[Any]]:
         depth = _num_blocks(self.name, ctx)
         if scope == "block":
             return {i: list(ctx.model.blocks[i].parameters()) for i in range(depth)}
