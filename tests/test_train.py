@@ -151,3 +151,12 @@ def test_select_device():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA is not available"):
             select_device("cuda")
+
+
+@pytest.mark.gpu
+def test_fit_and_evaluate_on_cuda_with_bf16_autocast():
+    x, y = _blobs()
+    model = Net()
+    hist = fit(model, _loader(x, y), CFG, device="cuda", log=None)
+    assert next(model.parameters()).is_cuda and math.isfinite(hist[-1]["loss"])
+    assert evaluate(model, _loader(x, y), "cuda")["top1"] > 0.8

@@ -22,7 +22,8 @@ Methods:
     linear: the head only. full: every weight.
 
 A wrapper's output passes through the block's LayerScale and DropPath like the wrapped module's
-(both are identities in our backbones; AdaptFormer adds its adapter after DropPath, Convpass before).
+(both are identities in our backbones; AdaptFormer adds its adapter after DropPath, Convpass drops its
+bypass with the branch, as here).
 
 Every task module defines ``init_weights()``, which timm's ``VisionTransformer.init_weights`` calls
 after initialising the module's children, so re-running timm's init keeps the zero-output start.
