@@ -509,7 +509,7 @@ def test_notebooks_execute_on_the_tree(executed):
     md, images, glued = _outputs(executed / "summary.ipynb")
     assert any("| method" in m for m in md) and len(images) >= 3
     assert glued["n_tasks"] == "'2'" and glued["sls_depth"] == "'7.0'"  # mean of 6 and 8
-    assert glued["sls_drop"] == "'5.0'"  # 6 points below the unpruned model on alpha, 4 on beta
+    assert glued["sls_drop"] == "'5.0 points below'"  # 6 points below the unpruned model on alpha, 4 on beta
     md, images, _ = _outputs(executed / "alpha.ipynb")
     assert any("SLS" in m for m in md) and len(images) == 3
     md, images, _ = _outputs(executed / "alpha" / "sls.ipynb")

@@ -92,7 +92,10 @@ rule book:
         gallery=f"{R}/data/gallery.png",
         probe=f"{R}/data/probe.json",
         rulegraph=f"{R}/rulegraph.dot",
-        sources=["book/_config.yml", "book/_toc.yml"] + sorted(glob.glob("book/**/*.md", recursive=True)),
+        # Hand-written pages only: book/generated/ is written by this rule itself.
+        sources=["book/_config.yml", "book/_toc.yml"]
+        + sorted(p for p in glob.glob("book/**/*.md", recursive=True)
+                 if not p.startswith(("book/generated/", "book/_build/"))),
     output:
         "book/_build/html/index.html",
     params:
