@@ -12,15 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_arguments", "run", "positive_int", "task_dataset"]
+from petlprune.stages._args import positive_int
 
+__all__ = ["add_arguments", "run", "task_dataset"]
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
 
 
 def task_dataset(data: Path, split: str, info: dict[str, Any]) -> Any:

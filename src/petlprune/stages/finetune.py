@@ -9,33 +9,14 @@ that mode is for choosing hyper-parameters. Writes ``model.pt`` (task weights on
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_arguments", "run", "json_object", "splits_for", "num_classes_of", "finetune"]
+from petlprune.stages._args import json_object, positive_int
 
+__all__ = ["add_arguments", "run", "splits_for", "num_classes_of", "finetune"]
 
-def json_object(text: str) -> dict[str, Any]:
-    """argparse type: inline JSON object, or the path of a JSON file holding one."""
-    source = "inline JSON"
-    if not text.lstrip().startswith("{") and Path(text).is_file():
-        source, text = text, Path(text).read_text()
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"{source}: not valid JSON ({err})") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"{source}: expected a JSON object, got {type(value).__name__}")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
 
 
 def splits_for(val: bool) -> tuple[str, str]:
@@ -61,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train", type=json_object, required=True,
                         help="TrainConfig as a JSON object (epochs, lr, weight_decay, warmup_epochs, batch_size, ...)")
     parser.add_argument("--seed", type=int, required=True, help="seed of initialisation, data order and dropout")
-    parser.add_argument("--threads", type=_positive, default=1, help="torch intra-op threads")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch intra-op threads")
     parser.add_argument("--out", type=Path, required=True, help="output folder (RUN_DIR/finetune)")
     parser.add_argument("--val", action="store_true",
                         help="train on train800, evaluate on val200 (hyper-parameter search; never selects on test)")

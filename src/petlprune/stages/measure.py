@@ -11,32 +11,22 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from petlprune.stages._args import non_negative_int, positive_int
+
 __all__ = ["add_arguments", "run"]
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model_dirs", nargs="+", type=Path, metavar="MODEL_DIR",
                         help="directories holding model.pt; efficiency.json is written into each")
     parser.add_argument("--backbone", type=Path, required=True, help="the cached backbone file (results/backbone/*.pt)")
-    parser.add_argument("--image-size", type=_positive, required=True, help="side of the square input images")
-    parser.add_argument("--batch-sizes", type=_positive, nargs="+", default=[1, 64], help="batch sizes to time")
-    parser.add_argument("--warmup", type=_non_negative, default=10, help="untimed passes before each timing")
-    parser.add_argument("--repeats", type=_positive, default=50, help="timed passes (the median is reported)")
-    parser.add_argument("--threads", type=_positive, default=1, help="torch intra-op threads")
+    parser.add_argument("--image-size", type=positive_int, required=True, help="side of the square input images")
+    parser.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 64], help="batch sizes to time")
+    parser.add_argument("--warmup", type=non_negative_int, default=10, help="untimed passes before each timing")
+    parser.add_argument("--repeats", type=positive_int, default=50, help="timed passes (the median is reported)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch intra-op threads")
     parser.add_argument("--device", default="cpu", help="torch device to measure on (e.g. cpu, cuda)")
 
 

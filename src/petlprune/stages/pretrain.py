@@ -14,18 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from petlprune.stages.finetune import json_object, num_classes_of
+from petlprune.stages._args import json_object, positive_int
+from petlprune.stages.finetune import num_classes_of
 
 __all__ = ["add_arguments", "run", "pretrain"]
 
 WEIGHTS = ("pretrain", "random", "timm", "file")
 
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="source data folder with train.txt / test.txt (--weights pretrain)")
     parser.add_argument("--train", type=json_object, default={}, help="TrainConfig as a JSON object (--weights pretrain)")
     parser.add_argument("--seed", type=int, required=True, help="seed of initialisation and data order")
-    parser.add_argument("--threads", type=_positive, default=1, help="torch intra-op threads")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch intra-op threads")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
 
 

@@ -12,8 +12,8 @@ import argparse
 import time
 from pathlib import Path
 
-from petlprune.stages.features import positive_int
-from petlprune.stages.finetune import json_object, splits_for
+from petlprune.stages._args import json_object, positive_int
+from petlprune.stages.finetune import splits_for
 
 __all__ = ["add_arguments", "run"]
 

@@ -14,8 +14,7 @@ import argparse
 import time
 from pathlib import Path
 
-from petlprune.stages.features import positive_int
-from petlprune.stages.finetune import json_object
+from petlprune.stages._args import json_object, positive_int
 
 __all__ = ["add_arguments", "run", "SCORING_SPLIT"]
 
