@@ -6,7 +6,10 @@ import shlex
 R = config["results"]
 TASKS = config["data"]["tasks"]
 SEEDS = config["seeds"]
-PETLS = config["petl"]["methods"]
+PETLS = config["petl"]["methods"]  # the PETL runs every method instance without its own `petl:` prunes
+# A method instance may name the one PETL it prunes (SPA: `petl: splora`); that PETL is then
+# fine-tuned too, and only that instance runs on it.
+ALL_PETLS = list(dict.fromkeys(PETLS + [o["petl"] for o in config["methods"].values() if o.get("petl")]))
 THREADS = config.get("threads", 1)
 RUN = R + "/runs/{task}/{petl}/seed{seed}"
 BACKBONE = f"{R}/backbone/{config['backbone']['name']}.pt"
@@ -15,7 +18,7 @@ BUDGET_RE = r"matched|d[0-9]+|[arpk][0-9]+(\.[0-9]+)?"
 
 wildcard_constraints:
     task="|".join(TASKS),
-    petl="|".join(PETLS),
+    petl="|".join(ALL_PETLS),
     seed=r"[0-9]+",
     method=METHOD_RE,
     budget=BUDGET_RE,
@@ -78,7 +81,7 @@ def method_options(key):
     """The options a result key is scored with (a draw index for random draws; the lowest SLS
     alpha of the instance's sweep so that t-SNE early stop still covers every alpha)."""
     instance = instance_of(key)
-    opts = {k: v for k, v in config["methods"][instance].items() if k not in ("draws", "method")}
+    opts = {k: v for k, v in config["methods"][instance].items() if k not in ("draws", "method", "petl")}
     if "." in key:
         opts["draw"] = int(key.split(".")[1])
     if base_method(key) == "sls":
@@ -94,23 +97,30 @@ def matched_plan():
     return RUN + f"/plan/sls-{alpha}.json"
 
 
-def pruned_keys():
-    """(method key, budget) of every pruned result of one run."""
-    return [(key, b) for m, bs in config["budgets"].items() for key in method_keys(m) for b in bs]
+def instance_petls(instance):
+    """The PETL runs a method instance prunes: its own `petl:`, else every PETL of petl.methods."""
+    own = config["methods"][instance].get("petl")
+    return [own] if own else PETLS
+
+
+def pruned_keys(petl):
+    """(method key, budget) of every pruned result of one run of PETL ``petl``."""
+    return [(key, b) for m, bs in config["budgets"].items() if petl in instance_petls(m)
+            for key in method_keys(m) for b in bs]
 
 
 def run_dirs():
-    return expand(RUN, task=TASKS, petl=PETLS, seed=SEEDS)
+    return expand(RUN, task=TASKS, petl=ALL_PETLS, seed=SEEDS)
 
 
 def model_dirs(wc):
     """Every model directory of one run: the fine-tuned model and each pruned result."""
     run = RUN.format(**wc)
-    return [f"{run}/finetune"] + [f"{run}/pruned/{k}-{b}" for k, b in pruned_keys()]
+    return [f"{run}/finetune"] + [f"{run}/pruned/{k}-{b}" for k, b in pruned_keys(wc["petl"])]
 
 
 def study_targets():
     targets = [f"{R}/data/gallery.png", f"{R}/data/probe.json"]
-    for wc in [dict(task=t, petl=p, seed=s) for t in TASKS for p in PETLS for s in SEEDS]:
+    for wc in [dict(task=t, petl=p, seed=s) for t in TASKS for p in ALL_PETLS for s in SEEDS]:
         targets += [f"{d}/efficiency.json" for d in model_dirs(wc)]
     return targets

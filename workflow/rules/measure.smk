@@ -4,21 +4,27 @@
 MEASURE = config["measure"]
 
 
-rule measure:
-    input:
-        models=lambda wc: [f"{d}/model.pt" for d in model_dirs(wc)],
-        backbone=BACKBONE,
-    output:
-        [f"{d}/efficiency.json" for d in model_dirs({"task": "{task}", "petl": "{petl}", "seed": "{seed}"})],
-    params:
-        dirs=lambda wc: model_dirs(wc),
-        batch_sizes=" ".join(str(b) for b in MEASURE["batch_sizes"]),
-    threads: workflow.cores
-    log:
-        f"{R}/logs/measure/{{task}}-{{petl}}-seed{{seed}}.log",
-    benchmark:
-        f"{R}/benchmarks/measure/{{task}}-{{petl}}-seed{{seed}}.tsv"
-    shell:
-        "petlprune measure --backbone {input.backbone} --image-size {DATA[image_size]}"
-        " --batch-sizes {params.batch_sizes} --warmup {MEASURE[warmup]} --repeats {MEASURE[repeats]}"
-        " --threads {threads} {params.dirs} > {log} 2>&1"
+# One rule per PETL: a run's outputs (its model directories) depend on which method instances prune
+# that PETL, and a rule's outputs cannot depend on a wildcard's value.
+for _petl in ALL_PETLS:
+
+    rule:
+        name:
+            f"measure_{_petl}"
+        input:
+            models=lambda wc, petl=_petl: [f"{d}/model.pt" for d in model_dirs({**wc, "petl": petl})],
+            backbone=BACKBONE,
+        output:
+            [f"{d}/efficiency.json" for d in model_dirs({"task": "{task}", "petl": _petl, "seed": "{seed}"})],
+        params:
+            dirs=lambda wc, petl=_petl: model_dirs({**wc, "petl": petl}),
+            batch_sizes=" ".join(str(b) for b in MEASURE["batch_sizes"]),
+        threads: workflow.cores
+        log:
+            f"{R}/logs/measure/{{task}}-{_petl}-seed{{seed}}.log",
+        benchmark:
+            f"{R}/benchmarks/measure/{{task}}-{_petl}-seed{{seed}}.tsv"
+        shell:
+            "petlprune measure --backbone {input.backbone} --image-size {DATA[image_size]}"
+            " --batch-sizes {params.batch_sizes} --warmup {MEASURE[warmup]} --repeats {MEASURE[repeats]}"
+            " --threads {threads} {params.dirs} > {log} 2>&1"

@@ -11,7 +11,7 @@ def run_results(task, petl, seed, methods=None):
     wc = dict(task=task, petl=petl, seed=seed)
     run = RUN.format(**wc)
     files = [f"{run}/finetune/metrics.json", f"{run}/finetune/efficiency.json"]
-    for key, budget in pruned_keys():
+    for key, budget in pruned_keys(petl):
         if methods is None or instance_of(key) in methods:
             d = f"{run}/pruned/{key}-{budget}"
             files += [f"{d}/metrics.json", f"{d}/efficiency.json", f"{run}/plan/{key}-{budget}.json",
@@ -22,15 +22,17 @@ def run_results(task, petl, seed, methods=None):
 rule result_notebook:
     input:
         template="notebooks/result.ipynb",
-        results=lambda wc: run_results(wc.task, PETL0, SEED0, methods={wc.method})
-        + [RUN.format(task=wc.task, petl=PETL0, seed=SEED0) + "/features.npz"],
+        results=lambda wc: run_results(wc.task, instance_petls(wc.method)[0], SEED0, methods={wc.method})
+        + [RUN.format(task=wc.task, petl=instance_petls(wc.method)[0], seed=SEED0) + "/features.npz"],
     output:
         f"{NB}/{{task}}/{{method}}.ipynb",
+    params:
+        petl=lambda wc: instance_petls(wc.method)[0],
     log:
         f"{R}/logs/notebooks/{{task}}-{{method}}.log",
     shell:
         "papermill --no-progress-bar {input.template} {output} -p results_dir {R} -p task {wildcards.task}"
-        " -p method {wildcards.method} -p petl {PETL0} -p seed {SEED0} > {log} 2>&1"
+        " -p method {wildcards.method} -p petl {params.petl} -p seed {SEED0} > {log} 2>&1"
 
 
 rule task_notebook:
@@ -48,7 +50,7 @@ rule task_notebook:
 
 rule summary:
     input:
-        [f for t in TASKS for p in PETLS for s in SEEDS for f in run_results(t, p, s)],
+        [f for t in TASKS for p in ALL_PETLS for s in SEEDS for f in run_results(t, p, s)],
     output:
         f"{R}/summary.csv",
     log:

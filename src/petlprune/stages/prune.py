@@ -52,8 +52,21 @@ def run(args: argparse.Namespace) -> None:
     if info.get("plan") is not None:
         raise SystemExit(f"petlprune prune: {args.model} is already pruned; give the fine-tuned model")
     depth_before = len(model.blocks)
-    model = get(plan.method).apply(model, plan)
-    mark_trainable(model, info["petl"])  # the kept blocks' PETL modules + head; backbone frozen
+    method = get(plan.method)
+    model = method.apply(model, plan)
+    # Default: the kept blocks' PETL modules + head, backbone frozen. A method that trains more
+    # (fine_pruning trains the masked backbone) says so with its own ``mark_trainable``.
+    getattr(method, "mark_trainable", lambda m, petl: mark_trainable(m, petl))(model, info["petl"])
+
+    def teacher():
+        """The unpruned fine-tuned model, frozen, for methods that distil from it (never stored)."""
+        t, _ = load_task_model(args.model, args.backbone)
+        t.requires_grad_(False)
+        return t.to(device).eval()
+
+    # A method may replace cross-entropy during re-training (Pear's kc-distill): ``retrain_loss(plan,
+    # teacher)`` returns ``loss_fn(logits, y, x)`` or None; ``teacher`` is only called if needed.
+    loss_fn = getattr(method, "retrain_loss", lambda plan, teacher: None)(plan, teacher)
 
     train_ds, eval_ds = task_dataset(args.data, train_split, info), task_dataset(args.data, eval_split, info)
     eval_loader = make_loader(eval_ds, 256, shuffle=False, seed=args.seed)
@@ -64,7 +77,7 @@ def run(args: argparse.Namespace) -> None:
     before = evaluate(model, eval_loader, device)
     print(f"prune: {eval_split} top1 before re-training {before['top1']:.4f}", flush=True)
     history = fit(model, make_loader(train_ds, cfg.batch_size, shuffle=True, seed=args.seed), cfg,
-                  device=device, seed=args.seed, log=lambda s: print(s, flush=True))
+                  device=device, seed=args.seed, loss_fn=loss_fn, log=lambda s: print(s, flush=True))
     after = evaluate(model, eval_loader, device)
     print(f"prune: {eval_split} top1 after re-training {after['top1']:.4f} (n={after['n']})", flush=True)
 
