@@ -17,6 +17,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
 from petlprune.report.load import ResultsError, RunDir, split_key
+from petlprune.report.sglp_section import sglp_section
 from petlprune.report.tables import budget_order, method_label
 
 __all__ = [
@@ -237,14 +238,19 @@ def sls_section(run: RunDir, method: str) -> list[tuple[str, Figure]]:
     return out
 
 
-# method → section; later methods (sglp: CKA matrix and segments, pear: sharing map, spa: masks)
-# add one line here.
+# registered method → its section (an instance of a method is drawn by the method's section); a new
+# method adds one line here, its drawing code in its own module.
 SECTIONS: dict[str, Section] = {
     "sls": sls_section,
+    "sglp": sglp_section,
 }
 
 
 def method_section(run: RunDir, method: str) -> list[tuple[str, Figure]]:
     """The figures of ``method``'s section for one run (its own drawing function, or the default)."""
     base = split_key(method)[0]
-    return SECTIONS.get(base, block_score_section)(run, base)
+    section = SECTIONS.get(base)
+    if section is None:  # an instance (sglp_k3: {method: sglp}) draws like the method it runs
+        registered = next((s["method"] for k in run.keys(base) if (s := run.scores(k)) is not None), None)
+        section = SECTIONS.get(registered, block_score_section)
+    return section(run, base)
