@@ -198,8 +198,15 @@ def stored_params(
 
     out = dict.fromkeys(("petl", "head", "plan", "backbone"), 0)
     task = task_state_dict(model)  # keys are parameter names, a shared tensor under its first name only
+    # Channel-masked SPLoRA layers store only their kept rows/columns: r(|m_out| + |m_in|) + |m_out|
+    # (and |m_out| |m_in| for a trained W, fine-pruning); every other tensor counts whole.
+    masked: dict[str, int] = {}
+    if getattr(model, "petl_method", None) == "splora":
+        from petlprune.models.splora import effective_numel
+
+        masked = effective_numel(model)
     for name, t in task.items():
-        out[kind(name)] += t.numel()
+        out[kind(name)] += masked.get(name, t.numel())
     if stores_backbone is None:
         extra = _plan_field(plan, "extra") or {}
         stores_backbone = plan is not None and (

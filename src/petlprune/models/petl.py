@@ -19,6 +19,8 @@ Methods:
         task in {0.01, 0.1, 1, 10, 100}; its ``set_Convpass`` default, ``s = 1``, is ours.
     lora: LoRA (Hu et al. 2022) on ``attn.qkv`` (optionally ``attn.proj``, ``mlp.fc1``, ``mlp.fc2``):
         ``W + (alpha / r) B A``, A Kaiming-uniform (a=sqrt 5, as loralib), B = 0.
+    splora: SPA's SPLoRA (models/splora.py): masked ``W + C R`` and a task bias on qkv, proj, fc1, fc2
+        (C = U(+-1e-4): near, not exactly, the backbone at init).
     linear: the head only. full: every weight.
 
 A wrapper's output passes through the block's LayerScale and DropPath like the wrapped module's
@@ -56,7 +58,7 @@ __all__ = [
     "TaskStateError",
 ]
 
-PETL_METHODS = ("adapter", "convpass", "lora", "linear", "full")
+PETL_METHODS = ("adapter", "convpass", "lora", "linear", "full", "splora", "splopa")
 # Every option each method takes, with its default; anything else is refused by inject_petl.
 PETL_DEFAULTS: dict[str, dict[str, Any]] = {
     "adapter": {"bottleneck": 8, "scale": 0.1, "dropout": 0.1},
@@ -64,6 +66,9 @@ PETL_DEFAULTS: dict[str, dict[str, Any]] = {
     "lora": {"rank": 8, "alpha": 8.0, "targets": ["qkv"]},
     "linear": {},
     "full": {},
+    "splora": {"rank": 4},  # SPA (models/splora.py): C, R and bias on qkv, proj, fc1, fc2
+    # Block-SPA (models/splopa.py): b x b blocks, K rank-1 prototypes shared per layer shape
+    "splopa": {"block": "auto", "prototypes": 4, "targets": ["qkv", "proj", "fc1", "fc2"]},
 }
 _LORA_TARGETS = {"qkv": ("attn", "qkv"), "proj": ("attn", "proj"), "fc1": ("mlp", "fc1"), "fc2": ("mlp", "fc2")}
 
@@ -285,6 +290,14 @@ def inject_petl(model: nn.Module, method: str, **options: Any) -> nn.Module:
                     raise TypeError(f"lora target {target}: {type(linear).__name__} is not nn.Linear")
                 lora = LowRank(linear.in_features, linear.out_features, opts["rank"], opts["alpha"])
                 setattr(parent, child_name, Parallel(linear, lora))
+    if method == "splora":
+        from petlprune.models.splora import inject_splora  # lazy: splora imports this module
+
+        inject_splora(model, opts["rank"])
+    if method == "splopa":
+        from petlprune.models.splopa import inject_splopa  # lazy: splopa imports this module
+
+        inject_splopa(model, opts["block"], opts["prototypes"], opts["targets"])
     device = next(model.parameters()).device
     model.to(device)
     model.petl_method = method
@@ -312,6 +325,8 @@ def petl_wrappers(model: nn.Module) -> dict[int, list[Parallel]]:
 def _task_param_ids(model: nn.Module) -> set[int]:
     ids = {id(p) for m in model.modules() if isinstance(m, PetlModule) for p in m.parameters()}
     ids |= {id(p) for p in model.get_classifier().parameters()}
+    # Backbone weights a method trains per task (fine-pruning's W) are task weights too.
+    ids |= {id(p) for m in model.modules() if hasattr(m, "extra_task_parameters") for p in m.extra_task_parameters()}
     return ids
 
 

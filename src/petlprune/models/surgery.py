@@ -7,6 +7,10 @@ ORIGINAL final norm and the trained head (SLS's pruned model), and stays a norma
 ``share_adapters`` / ``drop_adapters`` work on adapter positions (every ``Parallel`` wrapper, in forward
 order: block by block, attention before MLP): a shared position runs another position's module object
 (weight tying, stored once); a dropped position runs its backbone module alone.
+
+``slice_channels`` turns a channel-masked SPLoRA model (SPA, fine-pruning) into a smaller dense timm model:
+``W + C R`` fused and the kept rows/columns sliced into plain ``nn.Linear`` layers, attention heads
+removed (``num_heads``/``attn_dim`` updated), so the measured speed-up is real.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from torch import nn
 
 from petlprune.models.petl import Parallel, petl_wrappers
 
-__all__ = ["keep_blocks", "original_block_indices", "adapter_positions", "share_adapters", "drop_adapters"]
+__all__ = ["keep_blocks", "original_block_indices", "adapter_positions", "share_adapters", "drop_adapters",
+           "slice_channels"]
 
 
 def original_block_indices(model: nn.Module) -> list[int]:
@@ -110,4 +115,40 @@ def drop_adapters(model: nn.Module, drop: Iterable[int | str]) -> nn.Module:
     positions = adapter_positions(model)
     for p in [_position(positions, p, "drop_adapters") for p in drop]:
         positions[p].adapter = None
+    return model
+
+
+def slice_channels(model: nn.Module) -> nn.Module:
+    """Fuse every SPLoRA layer (``W + C R``, masked bias) and keep only its unmasked channels, in place.
+
+    Args:
+        model: a SPLoRA model (``models.splora``) with its channel masks set.
+
+    Returns:
+        The same model with plain ``nn.Linear`` layers of the kept widths: per block the MLP hidden
+        width is its kept channels and the attention runs its kept heads. Its outputs equal the masked
+        model's (up to float rounding); it is for deployment and timing, not for further training.
+    """
+    import torch
+
+    from petlprune.models.splora import channel_groups, get_masks, splora_layers
+
+    masks = get_masks(model)
+    groups = channel_groups(model)
+    for name, mask in masks.items():
+        if groups[name]["kind"] == "heads":
+            attn = model.get_submodule(name)
+            attn.num_heads = int(mask.sum().item())
+            attn.attn_dim = attn.num_heads * attn.head_dim  # timm reshapes the heads' output to attn_dim
+    with torch.no_grad():
+        for name, layer in splora_layers(model).items():
+            rows = layer.mask_out.nonzero().flatten()
+            cols = layer.mask_in.nonzero().flatten()
+            w = layer.fused_weight().index_select(0, rows).index_select(1, cols)  # (kept out, kept in)
+            linear = nn.Linear(len(cols), len(rows), device=w.device, dtype=w.dtype)
+            linear.weight.copy_(w)
+            linear.bias.copy_(layer.adapter.bias.index_select(0, rows))
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, linear)
+    model.sliced_channels = {k: int(v.sum().item()) for k, v in masks.items()}
     return model

@@ -4,6 +4,10 @@ One job measures many model directories, one at a time with every thread it was 
 timings never share the machine with each other and torch is imported once. Each directory's
 ``model.pt`` is loaded through ``models.build.load_task_model`` and ``efficiency.json`` is written
 next to it, atomically.
+
+A method with a ``deploy(model, plan)`` hook (SPA, fine-pruning) is timed, and its FLOPs and forward
+parameters counted, in its deployed form (channels sliced); an unpruned SPLoRA model deploys fused.
+What a task stores is always counted on the task model as loaded (masks, not slices).
 """
 
 from __future__ import annotations
@@ -34,8 +38,10 @@ def run(args: argparse.Namespace) -> None:
     import torch
 
     from petlprune.io import atomic_write_json
-    from petlprune.measure import measure_model
+    from petlprune.measure import measure_model, stored_params
+    from petlprune.methods import Plan, get
     from petlprune.models.build import load_task_model
+    from petlprune.models.surgery import slice_channels
 
     missing = [str(d / "model.pt") for d in args.model_dirs if not (d / "model.pt").is_file()]
     if missing:
@@ -43,15 +49,32 @@ def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     for model_dir in args.model_dirs:
         model, info = load_task_model(model_dir / "model.pt", args.backbone)
+        plan = info.get("plan")
+        stored, deployed = None, model
+        if plan is not None:
+            deploy = getattr(get(plan["method"]), "deploy", None)
+        elif info["petl"] == "splora":  # an unpruned SPLoRA model deploys fused (W + C R), like SPA's
+            deploy = lambda m, _plan: slice_channels(m)  # noqa: E731
+        else:
+            deploy = None
+        if deploy is not None:
+            # A model with a deployment form (SPA: fuse + slice channels) is timed and counted (FLOPs,
+            # forward params) as deployed; what it stores is counted on the masked task model.
+            stored = stored_params(plan, model)
+            deployed = deploy(model, None if plan is None else Plan.from_dict(plan))
         result = measure_model(
-            model,
+            deployed,
             image_size=args.image_size,
             batch_sizes=args.batch_sizes,
-            plan=info.get("plan"),
+            plan=plan,
             warmup=args.warmup,
             repeats=args.repeats,
             device=args.device,
         )
+        if stored is not None:
+            result.update(params_stored=stored["total"],
+                          stored_breakdown={k: stored[k] for k in ("petl", "head", "plan", "backbone")},
+                          deployed=True)
         atomic_write_json(model_dir / "efficiency.json", result)
         timed = ", ".join(
             f"bs{b}: {t['images_per_s']:.0f} img/s {t['latency_ms']:.2f} ms" for b, t in result["throughput"].items()

@@ -67,6 +67,8 @@ def run(args: argparse.Namespace) -> None:
     # A method may replace cross-entropy during re-training (Pear's kc-distill): ``retrain_loss(plan,
     # teacher)`` returns ``loss_fn(logits, y, x)`` or None; ``teacher`` is only called if needed.
     loss_fn = getattr(method, "retrain_loss", lambda plan, teacher: None)(plan, teacher)
+    # The recipe is shared; a method that trains backbone weights may lower its lr (``retrain_config``).
+    cfg = getattr(method, "retrain_config", lambda cfg, plan: cfg)(cfg, plan)
 
     train_ds, eval_ds = task_dataset(args.data, train_split, info), task_dataset(args.data, eval_split, info)
     eval_loader = make_loader(eval_ds, 256, shuffle=False, seed=args.seed)
