@@ -165,6 +165,8 @@ def test_mark_trainable_selects_task_weights(backbone):
         "lora": lambda k: ".adapter." in k or k.startswith("head."),
         "linear": lambda k: k.startswith("head."),
         "full": lambda k: True,
+        "splora": lambda k: ".adapter." in k or k.startswith("head."),  # C, R, bias
+        "splopa": lambda k: ".prototypes." in k or ".positions." in k or k.startswith("head."),  # u, v, B
     }
     for method in PETL_METHODS:
         model = mark_trainable(inject_petl(copy.deepcopy(backbone), method), method)
