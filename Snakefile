@@ -27,6 +27,19 @@ include: "workflow/rules/prune.smk"
 include: "workflow/rules/measure.smk"
 include: "workflow/rules/report.smk"
 
+# Seconds-long jobs run where Snakemake runs, never as cluster jobs (thousands of plan jobs in paper.yaml).
+localrules:
+    all,
+    plan,
+    gallery,
+    probe,
+    summary,
+    summary_notebook,
+    task_notebook,
+    result_notebook,
+    rulegraph,
+    book,
+
 
 rule all:
     input:

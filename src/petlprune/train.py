@@ -25,6 +25,7 @@ __all__ = [
     "fit",
     "evaluate",
     "select_device",
+    "most_free_gpu",
     "set_determinism",
     "cosine_warmup",
     "param_groups",
@@ -94,10 +95,27 @@ class TrainConfig:
         return asdict(self)
 
 
+def most_free_gpu(free_bytes: list[int]) -> int:
+    """Index of the GPU with the most free memory (the lowest index on ties)."""
+    if not free_bytes:
+        raise ValueError("most_free_gpu: no GPU")
+    return max(range(len(free_bytes)), key=lambda i: (free_bytes[i], -i))
+
+
 def select_device(device: str = "auto") -> torch.device:
-    """``"auto"`` → CUDA if available, else CPU; an explicit CUDA device without CUDA is an error."""
+    """``"auto"`` → CUDA if available, else CPU; an explicit CUDA device without CUDA is an error.
+
+    With several visible GPUs (a workstation run with ``--resources gpu=2``; Slurm's ``--gpus=1``
+    leaves one visible), ``"auto"`` takes the one with the most free memory, so that concurrent
+    jobs spread over the GPUs instead of all landing on ``cuda:0``.
+    """
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        count = torch.cuda.device_count()
+        if count == 1:
+            return torch.device("cuda", 0)
+        return torch.device("cuda", most_free_gpu([torch.cuda.mem_get_info(i)[0] for i in range(count)]))
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} requested but CUDA is not available")

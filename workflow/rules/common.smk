@@ -124,3 +124,23 @@ def study_targets():
     for wc in [dict(task=t, petl=p, seed=s) for t in TASKS for p in ALL_PETLS for s in SEEDS]:
         targets += [f"{d}/efficiency.json" for d in model_dirs(wc)]
     return targets
+
+
+# Job resources per rule from config['resources'] (paper.yaml): `default`, then the rule's own entry.
+# The embedded tiers set none, so their jobs ask for no GPU and stay unconstrained on CPU. Profiles
+# map them: local caps `gpu`, slurm turns them into sbatch options (--gpus, --mem, -t, --cpus-per-task).
+RESOURCES = config.get("resources", {})
+
+
+def _rule_resources(rule):
+    return {**RESOURCES.get("default", {}), **RESOURCES.get(rule, {})}
+
+
+def job_resources(rule):
+    """Snakemake resources of one rule (`resources: **job_resources("finetune")`); threads excluded."""
+    return {k: v for k, v in _rule_resources(rule).items() if k != "threads"}
+
+
+def job_threads(rule, fallback=THREADS):
+    """Threads of one rule: its config['resources'] entry, else ``fallback`` (config['threads'])."""
+    return _rule_resources(rule).get("threads", fallback)

@@ -13,7 +13,9 @@ rule finetune:
         out=lambda wc, output: os.path.dirname(output.model),
         options=lambda wc: as_json(config["petl"].get("options", {}).get(wc.petl, {})),
         train=as_json(config["finetune"]),
-    threads: THREADS
+    threads: job_threads("finetune")
+    resources:
+        **job_resources("finetune"),
     log:
         f"{R}/logs/finetune/{{task}}-{{petl}}-seed{{seed}}.log",
     benchmark:

@@ -19,7 +19,10 @@ for _petl in ALL_PETLS:
         params:
             dirs=lambda wc, petl=_petl: model_dirs({**wc, "petl": petl}),
             batch_sizes=" ".join(str(b) for b in MEASURE["batch_sizes"]),
-        threads: workflow.cores
+            device=MEASURE.get("device", "cpu"),  # paper.yaml: cuda (timing on the GPU the models run on)
+        threads: job_threads("measure", workflow.cores)
+        resources:
+            **job_resources("measure"),
         log:
             f"{R}/logs/measure/{{task}}-{_petl}-seed{{seed}}.log",
         benchmark:
@@ -27,4 +30,4 @@ for _petl in ALL_PETLS:
         shell:
             "petlprune measure --backbone {input.backbone} --image-size {DATA[image_size]}"
             " --batch-sizes {params.batch_sizes} --warmup {MEASURE[warmup]} --repeats {MEASURE[repeats]}"
-            " --threads {threads} {params.dirs} > {log} 2>&1"
+            " --device {params.device} --threads {threads} {params.dirs} > {log} 2>&1"

@@ -10,7 +10,9 @@ rule features:
         RUN + "/features.npz",
     params:
         data=lambda wc, input: os.path.dirname(input.data),
-    threads: THREADS
+    threads: job_threads("features")
+    resources:
+        **job_resources("features"),
     log:
         f"{R}/logs/features/{{task}}-{{petl}}-seed{{seed}}.log",
     benchmark:
@@ -32,7 +34,9 @@ rule score:
         data=lambda wc, input: os.path.dirname(input.data),
         method=lambda wc: base_method(wc.method),
         options=lambda wc: as_json(method_options(wc.method)),
-    threads: THREADS
+    threads: job_threads("score")
+    resources:
+        **job_resources("score"),
     log:
         f"{R}/logs/score/{{task}}-{{petl}}-seed{{seed}}-{{method}}.log",
     benchmark:
@@ -52,6 +56,8 @@ rule plan:
     params:
         method=lambda wc: base_method(wc.method),
         matched=lambda wc, input: f"--matched-plan {input.matched[0]}" if input.matched else "",
+    resources:
+        **job_resources("plan"),
     log:
         f"{R}/logs/plan/{{task}}-{{petl}}-seed{{seed}}-{{method}}-{{budget}}.log",
     shell:
@@ -72,7 +78,9 @@ rule prune:
         data=lambda wc, input: os.path.dirname(input.data),
         out=lambda wc, output: os.path.dirname(output.model),
         train=as_json(config["retrain"]),
-    threads: THREADS
+    threads: job_threads("prune")
+    resources:
+        **job_resources("prune"),
     log:
         f"{R}/logs/prune/{{task}}-{{petl}}-seed{{seed}}-{{method}}-{{budget}}.log",
     benchmark:

@@ -33,7 +33,7 @@ def load_pixels(
         image_size: resize side; default the folder's ``image_size`` from meta.json, else 32.
     """
     if image_size is None:
-        size = load_meta(root).get("image_size", 32)
+        size = load_meta(root).get("image_size") or 32  # a registered VTAB-1k copy stores None
         image_size = size if isinstance(size, int) else max(size)
     ds = VTABDataset(root, split, image_size=image_size, mean=(0.0,) * 3, std=(1.0,) * 3, cache=False)
     x = ds.pixels().permute(0, 2, 3, 1).reshape(len(ds), -1).numpy().astype(np.float32) / 255.0

@@ -3,12 +3,17 @@
 A split is ``{root}/{split}.txt`` with one ``relative/path label`` per line (the lists distributed
 with NOAH: train800, val200, train800val200, test). Transforms follow the VTAB-1k protocol used by
 the PETL papers: resize to a square (bicubic), to tensor, normalise; no augmentation.
+
+A copy of the benchmark is pinned by a checksum manifest in ``sha256sum`` format
+(``<hex>  <task>/<file>`` per line, paths relative to the manifest's folder): ``import_vtab_folder``
+checks every entry of its task before registering it, so a partial or altered copy stops the data job.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -28,6 +33,9 @@ __all__ = [
     "build_transform",
     "VTABDataset",
     "make_loader",
+    "default_workers",
+    "read_manifest",
+    "check_manifest",
     "import_vtab_folder",
 ]
 
@@ -42,8 +50,11 @@ def load_meta(root: str | os.PathLike) -> dict[str, Any]:
     """Read ``{root}/meta.json``; an empty dict when the folder has none (the real VTAB-1k lists).
 
     Raises:
-        DatasetError: the file exists but is not a JSON object with consistent class fields.
+        DatasetError: the folder does not exist, or the file exists but is not a JSON object with
+            consistent class fields.
     """
+    if not Path(root).is_dir():  # say so here: callers read meta first, a list file error would mislead
+        raise DatasetError(f"{root}: dataset folder not found")
     path = Path(root) / "meta.json"
     if not path.is_file():
         return {}
@@ -119,6 +130,8 @@ class VTABDataset(Dataset):
         mean, std: per-channel normalisation.
         num_classes: used when the folder has no meta.json; default max label + 1.
         cache: decode and resize every image once into one uint8 tensor (N, 3, H, W).
+        cache_threads: threads decoding the cache (PIL releases the GIL while decoding and
+            resizing); default torch's intra-op thread count. The result does not depend on it.
     """
 
     def __init__(
@@ -131,6 +144,7 @@ class VTABDataset(Dataset):
         std: Sequence[float] = (0.5, 0.5, 0.5),
         num_classes: int | None = None,
         cache: bool = False,
+        cache_threads: int | None = None,
     ) -> None:
         self.root = Path(root)
         self.split = split
@@ -174,7 +188,7 @@ class VTABDataset(Dataset):
         self._cache: torch.Tensor | None = None
         if cache:
             # (N, 3, H, W) uint8: the resized pixels exactly as ToTensor would see them.
-            self._cache = torch.stack([self._resized_uint8(i) for i in range(len(self))])
+            self._cache = self._decode_all(cache_threads)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -194,11 +208,28 @@ class VTABDataset(Dataset):
         array = np.asarray(self._resize(self.load_image(index)), dtype=np.uint8)
         return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()  # (3, H, W)
 
+    def _decode_all(self, threads: int | None = None) -> torch.Tensor:
+        # A VTAB-1k test split at 224 px is up to 74k images: decoding them one by one in the main
+        # process would dominate a short GPU job. map() keeps the order, so the tensor is identical.
+        threads = max(1, int(threads or torch.get_num_threads()))
+        out = torch.empty((len(self), 3, self.image_size, self.image_size), dtype=torch.uint8)
+
+        def fill(i: int) -> None:
+            out[i] = self._resized_uint8(i)
+
+        if threads == 1 or len(self) < 2:
+            for i in range(len(self)):
+                fill(i)
+        else:
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                list(pool.map(fill, range(len(self))))
+        return out
+
     def pixels(self) -> torch.Tensor:
         """All images resized, as one uint8 tensor (N, 3, H, W) (the cache when there is one)."""
         if self._cache is not None:
             return self._cache
-        return torch.stack([self._resized_uint8(i) for i in range(len(self))])
+        return self._decode_all(1)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         if self._cache is None:
@@ -213,25 +244,49 @@ class VTABDataset(Dataset):
         )
 
 
+def default_workers(cuda: bool, cpus: int | None = None) -> int:
+    """Loader worker processes: none on CPU (the training threads need the cores, and a worker costs
+    more than it saves on small images); on a GPU, up to 4, leaving half of the CPUs to the trainer.
+
+    Args:
+        cuda: whether batches feed a GPU.
+        cpus: CPUs this process may use (default: its affinity mask, e.g. Slurm's --cpus-per-task).
+    """
+    if not cuda:
+        return 0
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(4, cpus // 2))
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,
     *,
     shuffle: bool,
     seed: int,
-    workers: int = 0,
+    workers: int | None = None,
     drop_last: bool = False,
+    pin_memory: bool | None = None,
 ) -> DataLoader:
     """A DataLoader whose order depends only on ``seed`` (its own seeded ``torch.Generator``).
+
+    The order is drawn in the main process, and items carry no randomness (no augmentation), so
+    worker processes and pinned memory change the speed only, never the batches.
 
     Args:
         dataset: any map-style dataset.
         batch_size: images per batch.
         shuffle: reshuffle every epoch (the sequence of epochs is fixed by ``seed``).
         seed: seed of the loader's generator.
-        workers: worker processes (0: load in the main process).
+        workers: worker processes (0: load in the main process); default ``default_workers``.
         drop_last: drop the last incomplete batch.
+        pin_memory: page-locked batches for asynchronous host-to-GPU copies (the trainer copies
+            with ``non_blocking=True``); default: when CUDA is available.
     """
+    cuda = torch.cuda.is_available()
+    if workers is None:
+        workers = default_workers(cuda)
     generator = torch.Generator()
     generator.manual_seed(int(seed))
     return DataLoader(
@@ -242,7 +297,66 @@ def make_loader(
         drop_last=drop_last,
         generator=generator,
         persistent_workers=workers > 0,
+        pin_memory=cuda if pin_memory is None else pin_memory,
     )
+
+
+def read_manifest(path: str | os.PathLike) -> dict[str, str]:
+    """Parse a ``sha256sum``-format manifest into ``{relative path: hex digest}``.
+
+    Raises:
+        DatasetError: the file is missing, or a line is not ``<64 hex>  <path>``; names file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: checksum manifest not found")
+    entries: dict[str, str] = {}
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        digest, _, rel = text.partition(" ")
+        rel = rel.lstrip(" *")  # sha256sum writes "  path" (text mode) or " *path" (binary mode)
+        if len(digest) != 64 or not all(c in "0123456789abcdefABCDEF" for c in digest) or not rel:
+            raise DatasetError(f"{path}:{lineno}: malformed line {text!r}: expected '<sha256 hex>  <path>'")
+        entries[Path(rel).as_posix().removeprefix("./")] = digest.lower()
+    return entries
+
+
+def check_manifest(manifest: str | os.PathLike, task_dir: str | os.PathLike) -> int:
+    """Check every manifest entry under ``task_dir`` against the files; the number of files checked.
+
+    Entries are relative to the manifest's folder, which must contain ``task_dir``. The task's list
+    files must all be listed (images may be, and are then checked too).
+
+    Raises:
+        DatasetError: a listed file is missing or differs, a list file is not listed, or ``task_dir``
+            is not under the manifest's folder; the message names the manifest, the file and both digests.
+    """
+    from petlprune.data.writer import sha256_file
+
+    manifest, task_dir = Path(manifest), Path(task_dir)
+    entries = read_manifest(manifest)
+    base = manifest.resolve().parent
+    try:
+        prefix = task_dir.resolve().relative_to(base).as_posix() + "/"
+    except ValueError:
+        raise DatasetError(f"{manifest}: {task_dir} is not inside the manifest's folder {base}") from None
+    mine = {rel: digest for rel, digest in entries.items() if rel.startswith(prefix)}
+    unlisted = [f"{prefix}{split}.txt" for split in VTAB_SPLITS
+                if (task_dir / f"{split}.txt").is_file() and f"{prefix}{split}.txt" not in mine]
+    if unlisted:
+        raise DatasetError(f"{manifest}: no checksum for {', '.join(unlisted)}; re-make the manifest "
+                           "(book: data preparation) or restore the task folder")
+    for rel, expected in sorted(mine.items()):
+        target = base / rel
+        if not target.is_file():
+            raise DatasetError(f"{manifest}: {rel} is listed but missing ({target})")
+        got = sha256_file(target)
+        if got != expected:
+            raise DatasetError(f"{manifest}: sha256 mismatch for {rel}: manifest {expected}, file {got}; "
+                               "the copy differs from the one the manifest was made from")
+    return len(mine)
 
 
 def import_vtab_folder(
@@ -252,10 +366,12 @@ def import_vtab_folder(
     name: str,
     num_classes: int | None = None,
     splits: Sequence[str] = VTAB_SPLITS,
+    manifest: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Check a real VTAB-1k task folder and register it in the results tree (no image is copied).
 
-    Every split is validated as :class:`VTABDataset` does at construction (list lines, labels,
+    With ``manifest``, the folder's files are first checked against it (``check_manifest``). Every
+    split is then validated as :class:`VTABDataset` does at construction (list lines, labels,
     image files); ``out_dir`` then gets the list files with image paths made absolute (pointing
     into ``src``) and a meta.json of kind ``vtab``, written atomically.
 
@@ -265,6 +381,7 @@ def import_vtab_folder(
         name: task name for meta.json.
         num_classes: default max label + 1 over all splits.
         splits: list files required.
+        manifest: a ``sha256sum``-format manifest covering ``src`` (see ``check_manifest``).
     """
     import shutil
     import tempfile
@@ -274,6 +391,7 @@ def import_vtab_folder(
     src = Path(src).resolve()
     if not src.is_dir():
         raise DatasetError(f"{src}: VTAB-1k task folder not found")
+    checked = check_manifest(manifest, src) if manifest is not None else 0
     entries = {split: read_list_file(src / f"{split}.txt") for split in splits}
     if num_classes is None:
         num_classes = max(label for rows in entries.values() for _, label, _ in rows) + 1
@@ -301,6 +419,9 @@ def import_vtab_folder(
             "description": f"VTAB-1k task {name} from {src}; list files point at its images.",
             "source": str(src),
         }
+        if manifest is not None:
+            meta["manifest"] = {"path": str(Path(manifest).resolve()), "sha256": sha256_file(manifest),
+                                "files_checked": checked}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         replace_dir(tmp, out_dir)
     finally:

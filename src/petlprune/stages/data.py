@@ -27,18 +27,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--num-classes", type=int, help="with --vtab-root: number of classes (default max label + 1)"
     )
+    parser.add_argument(
+        "--manifest",
+        help="with --vtab-root: a sha256sum-format manifest of the VTAB-1k copy (paths relative to its "
+        "folder); every entry of this task is checked first, a mismatch stops the job",
+    )
 
 
 def run(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     if args.vtab_root:
-        from petlprune.data.vtab import import_vtab_folder
+        from petlprune.data.vtab import DatasetError, import_vtab_folder
 
-        print(f"data: checking VTAB-1k folder {args.vtab_root} for task {args.task}", flush=True)
-        meta = import_vtab_folder(args.vtab_root, args.out, name=args.task, num_classes=args.num_classes)
+        print(f"data: checking VTAB-1k folder {args.vtab_root} for task {args.task}"
+              + (f" against {args.manifest}" if args.manifest else ""), flush=True)
+        try:
+            meta = import_vtab_folder(args.vtab_root, args.out, name=args.task, num_classes=args.num_classes,
+                                      manifest=args.manifest)
+        except DatasetError as err:  # the message names the file; a traceback would only bury it
+            raise SystemExit(f"petlprune data: {err}") from None
     else:
         from petlprune.data.synthetic import TASKS, generate_task, parse_sizes
 
+        if args.manifest:
+            raise SystemExit("petlprune data: --manifest applies to a real VTAB-1k folder (--vtab-root)")
         missing = [
             f"--{k.replace('_', '-')}" for k in ("seed", "image_size", "sizes") if getattr(args, k) is None
         ]
