@@ -50,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     module.add_arguments(stage_parser)
     args = stage_parser.parse_args(argv[1:])
     args.argv = ["petlprune", *argv]
+    if getattr(args, "out", None) is not None:
+        from petlprune.io import check_writable
+
+        check_writable(args.out)  # before the work, not after it
     try:
         module.run(args)
     except KeyboardInterrupt:

@@ -18,6 +18,8 @@ from typing import Any, Iterator
 
 __all__ = [
     "CheckpointError",
+    "OutputError",
+    "check_writable",
     "atomic_path",
     "atomic_write_json",
     "atomic_write_text",
@@ -32,6 +34,29 @@ PROVENANCE_PACKAGES = ("torch", "torchvision", "timm", "numpy", "scikit-learn", 
 
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, truncated, corrupt or holds more than plain tensors."""
+
+
+class OutputError(OSError):
+    """An output path cannot be written (its folder is a file, or not writable)."""
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Fail before any work if ``path`` (a file or folder to create) cannot be written; creates nothing.
+
+    The nearest existing ancestor of ``path`` must be a folder this process may write into; otherwise
+    a stage would train for minutes and only then fail on its first write.
+
+    Raises:
+        OutputError: naming ``path`` and the ancestor that blocks it.
+    """
+    path = Path(path)
+    probe = path.absolute().parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutputError(f"{path}: cannot write the output here: {probe} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: cannot write the output here: no write permission on {probe}")
 
 
 @contextmanager

@@ -8,6 +8,7 @@ generated/tasks/{task}.ipynb            results/notebooks/{task}.ipynb
 generated/results/{task}/{NN}-{method}.ipynb   results/notebooks/{task}/{method}.ipynb (NN: table order)
 generated/data.md, gallery.png          task table from results/data/*/meta.json, the data gallery
 generated/provenance.md, rulegraph.png  commits, versions, devices, config, rule graph
+generated/benchmarks.md                 results/benchmarks-suite/*.json (benchmarks/*.py; absent: how to run)
 ```
 The folder is rebuilt from scratch in a sibling temporary folder and swapped in, so a failed
 assembly never leaves a half-written book.
@@ -24,6 +25,7 @@ import nbformat
 import pandas as pd
 
 from petlprune.io import read_json
+from petlprune.report.benchmarks import benchmarks_page
 from petlprune.report.load import collect_provenance
 from petlprune.report.rulegraph import parse_rulegraph, rulegraph_figure
 from petlprune.report.tables import METHOD_ORDER, method_label, to_markdown
@@ -214,6 +216,7 @@ def assemble_book(
         (tmp / "provenance.md").write_text(
             provenance_page(results_dir, tmp, [Path(c) for c in configs], Path(rulegraph) if rulegraph else None,
                             effective_config))
+        (tmp / "benchmarks.md").write_text(benchmarks_page(results_dir))
         final = book_dir / GENERATED
         if final.exists():
             shutil.rmtree(final)
