@@ -15,6 +15,12 @@ METHOD_MODULES: dict[str, str] = {
     "angular": "petlprune.methods.baselines",
     "taylor_layer": "petlprune.methods.baselines",
     "sglp": "petlprune.methods.sglp",
+    "spa": "petlprune.methods.spa",
+    "fine_pruning": "petlprune.methods.spa",
+    "depgraph": "petlprune.methods.depgraph",
+    "spa_block": "petlprune.methods.spa_block",
+    "pear": "petlprune.methods.pear",
+    "adapter_drop": "petlprune.methods.pear",
 }
 
 __all__ = ["METHOD_MODULES", "Budget", "Method", "Plan", "Scores", "ScoringContext", "available", "get", "register"]

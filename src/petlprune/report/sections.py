@@ -17,7 +17,9 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
 from petlprune.report.load import ResultsError, RunDir, split_key
+from petlprune.report.pear_section import pear_section
 from petlprune.report.sglp_section import sglp_section
+from petlprune.report.spa_section import spa_section
 from petlprune.report.tables import budget_order, method_label
 
 __all__ = [
@@ -242,7 +244,11 @@ def sls_section(run: RunDir, method: str) -> list[tuple[str, Figure]]:
 # method adds one line here, its drawing code in its own module.
 SECTIONS: dict[str, Section] = {
     "sls": sls_section,
+    "pear": pear_section,
+    "adapter_drop": pear_section,
     "sglp": sglp_section,
+    "spa": spa_section,
+    "fine_pruning": spa_section,
 }
 
 
