@@ -32,12 +32,19 @@ def test_smoke_study_builds_the_book_and_a_second_run_does_nothing(tmp_path: Pat
     results = tmp_path / "results-smoke"
     assert (tmp_path / "book/_build/html/index.html").is_file()
     summary = (results / "summary.csv").read_text().splitlines()
-    methods = {"sls", "last_k", "random", "block_influence", "angular", "taylor_layer"}
-    assert all(any(f",{m}" in line for line in summary) for m in methods)
+    from petlprune.methods import METHOD_MODULES
+
+    missing = [m for m in METHOD_MODULES if not any(f",{m}" in line for line in summary)]
+    assert not missing, f"the smoke tier runs every registered method once; no result for {missing}"
 
     # Every pruned result is a real re-trained model with a Plan and a measured efficiency.
     pruned = sorted((results / "runs").glob("*/adapter/seed0/pruned/*/metrics.json"))
-    assert len(pruned) == 2 * 7  # 2 tasks × (sls, last_k, random.0, BI, angular×2, taylor)
+    # 2 tasks × (sls, last_k, random.0, BI, angular×2, taylor, sglp, depgraph, pear, adapter_drop)
+    assert len(pruned) == 2 * 11
+    # instances with their own PETL run only there: spa and fine_pruning on splora, spa_block on splopa
+    assert len(sorted((results / "runs").glob("*/splora/seed0/pruned/*/metrics.json"))) == 2 * 2
+    assert len(sorted((results / "runs").glob("*/splopa/seed0/pruned/*/metrics.json"))) == 2 * 1
+    pruned += sorted((results / "runs").glob("*/splo*/seed0/pruned/*/metrics.json"))
     for path in pruned:
         metrics = json.loads(path.read_text())
         assert 0.0 <= metrics["top1"] <= 1.0 and 0.0 <= metrics["top1_before_retrain"] <= 1.0
