@@ -118,16 +118,40 @@ def test_matched_budget_and_keep_all_plan(sls_run):
     assert metrics["top1_before_retrain"] == pytest.approx(finetuned["top1"])
 
 
-def test_prune_is_deterministic_and_val_mode_never_reads_test(sls_run, tmp_path):
+def test_prune_is_deterministic(sls_run, tmp_path):
     r, _, metrics = sls_run
     again = _prune(r, r["run"] / "plan" / "sls-a0.3.json", tmp_path / "again")
     strip = ("seconds",)
     assert again["top1"] == metrics["top1"] and again["top1_before_retrain"] == metrics["top1_before_retrain"]
     assert [{k: v for k, v in h.items() if k not in strip} for h in again["history"]] == \
         [{k: v for k, v in h.items() if k not in strip} for h in metrics["history"]]
+
+
+def test_val_mode_refuses_a_model_that_has_seen_val200(run_dir, tmp_path):
+    """A choice made on val200 must come from a model fine-tuned on train800 only (finetune --val)."""
+    r = run_dir
+    assert load_task_model(r["model"], r["backbone"])[1]["train_split"] == "train800val200"
+    _score(r, "last_k", features=r["run"] / "absent.npz")
+    plan = _plan(r, "last_k", "d2")
+    with pytest.raises(SystemExit, match="has seen val200"):
+        _prune(r, plan, tmp_path / "pruned", "--val")
+    with pytest.raises(SystemExit, match="has seen val200"):
+        main(["score", "--method", "taylor_layer", "--model", str(r["model"]), "--backbone", str(r["backbone"]),
+              "--data", str(r["task"]), "--features", str(tmp_path / "none.npz"), "--seed", "0",
+              "--out", str(tmp_path / "s.json"), "--val", *COMMON])
+    assert not (tmp_path / "pruned").exists() and not (tmp_path / "s.json").exists()
+
+    # fine-tuned with --val: the checkpoint says train800, and val mode runs without ever reading test
+    val_model = tmp_path / "ft" / "model.pt"
     (r["task"] / "test.txt").rename(r["task"] / "test.hidden")  # any read of test would now fail
     try:
-        val = _prune(r, r["run"] / "plan" / "sls-a0.3.json", tmp_path / "val", "--val")
+        main(["finetune", "--data", str(r["task"]), "--backbone", str(r["backbone"]), "--petl", "adapter",
+              "--train", json.dumps(TRAIN), "--seed", "0", "--out", str(val_model.parent), "--val", *COMMON])
+        assert load_task_model(val_model, r["backbone"])[1]["train_split"] == "train800"
+        main(["prune", "--model", str(val_model), "--backbone", str(r["backbone"]), "--plan", str(plan),
+              "--data", str(r["task"]), "--train", json.dumps(TRAIN), "--seed", "0", "--out", str(tmp_path / "pv"),
+              "--val", *COMMON])
     finally:
         (r["task"] / "test.hidden").rename(r["task"] / "test.txt")
-    assert val["eval_split"] == "val200" and val["train_split"] == "train800" and val["n_eval"] == 9
+    metrics = json.loads((tmp_path / "pv" / "metrics.json").read_text())
+    assert metrics["eval_split"] == "val200" and metrics["train_split"] == "train800" and metrics["n_eval"] == 9

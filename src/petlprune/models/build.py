@@ -81,6 +81,7 @@ def save_task_model(
     petl_options: dict[str, Any] | None,
     num_classes: int,
     plan: Any = None,
+    train_split: str | None = None,
 ) -> None:
     """Atomically store a task: its task weights, PETL config, plan and the frozen-weights fingerprint.
 
@@ -92,6 +93,8 @@ def save_task_model(
         petl_options: PETL options as given to :func:`build_model`.
         num_classes: classes of the task.
         plan: the pruning Plan (a ``methods.base.Plan`` or its dict) or None.
+        train_split: the split the task weights were trained on (``train800`` in --val mode), so that a
+            validation run can refuse a model that has seen val200.
     """
     if plan is not None and not isinstance(plan, dict):
         plan = plan.to_dict()
@@ -104,6 +107,7 @@ def save_task_model(
             "plan": plan,
             "state_dict": task_state_dict(model),
             "frozen_sha256": frozen_fingerprint(model),
+            "train_split": train_split,
         },
         path,
     )

@@ -119,7 +119,8 @@ def run(args: argparse.Namespace) -> None:
                               seed=args.seed, threads=args.threads, val=args.val, device=args.device)
     dev = select_device(args.device)
     save_task_model(args.out / "model.pt", model, backbone=args.backbone, petl=args.petl,
-                    petl_options=model.petl_options, num_classes=metrics["num_classes"])
+                    petl_options=model.petl_options, num_classes=metrics["num_classes"],
+                    train_split=metrics["train_split"])
     metrics["provenance"] = provenance(
         device=str(dev), seed=args.seed, wall_seconds=time.perf_counter() - t0,
         peak_memory_mb=peak_memory_mb(dev), threads=args.threads, argv=getattr(args, "argv", None),

@@ -15,7 +15,17 @@ from pathlib import Path
 from petlprune.stages._args import json_object, positive_int
 from petlprune.stages.finetune import splits_for
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["add_arguments", "run", "require_train_split"]
+
+
+def require_train_split(model: Path, info: dict, train_split: str, stage: str) -> None:
+    """In --val mode the model must have been fine-tuned on train800 only: one trained on
+    train800val200 has seen val200, and a selection on it would be a selection on training images."""
+    if train_split == "train800" and info.get("train_split") != "train800":
+        raise SystemExit(
+            f"petlprune {stage} --val: {model} was fine-tuned on {info.get('train_split') or 'an unrecorded split'}, "
+            "not train800, so it has seen val200; fine-tune with `petlprune finetune --val` first"
+        )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,6 +61,7 @@ def run(args: argparse.Namespace) -> None:
     model, info = load_task_model(args.model, args.backbone)
     if info.get("plan") is not None:
         raise SystemExit(f"petlprune prune: {args.model} is already pruned; give the fine-tuned model")
+    require_train_split(args.model, info, train_split, "prune")
     depth_before = len(model.blocks)
     method = get(plan.method)
     model = method.apply(model, plan)
@@ -85,7 +96,8 @@ def run(args: argparse.Namespace) -> None:
 
     model = model.cpu()
     save_task_model(args.out / "model.pt", model, backbone=args.backbone, petl=info["petl"],
-                    petl_options=info["petl_options"], num_classes=info["num_classes"], plan=plan)
+                    petl_options=info["petl_options"], num_classes=info["num_classes"], plan=plan,
+                    train_split=train_split)
     meta = load_meta(args.data)
     metrics = {
         "task": meta.get("name", args.data.name),

@@ -33,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="scores file to write (RUN_DIR/score/NAME.json)")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="loader batch size (gradient methods)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--val", action="store_true",
+                        help="score on train800 only, for a model fine-tuned with --val (choices made on val200)")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -47,6 +49,10 @@ def run(args: argparse.Namespace) -> None:
     set_determinism(args.seed, args.threads)
     device = select_device(args.device)
     model, info = load_task_model(args.model, args.backbone)
+    split = "train800" if args.val else SCORING_SPLIT
+    from petlprune.stages.prune import require_train_split
+
+    require_train_split(args.model, info, split, "score")
     if info.get("plan") is not None:
         raise SystemExit(f"petlprune score: {args.model} is already pruned (plan {info['plan'].get('method')}); "
                          "score the fine-tuned model")
@@ -59,7 +65,7 @@ def run(args: argparse.Namespace) -> None:
             raise SystemExit(f"petlprune score: {args.features} has {features['cls'].shape[0]} blocks, "
                              f"the model {len(model.blocks)}")
     if "loader" in method.needs:
-        loader = make_loader(task_dataset(args.data, SCORING_SPLIT, info), args.batch_size, shuffle=True, seed=args.seed)
+        loader = make_loader(task_dataset(args.data, split, info), args.batch_size, shuffle=True, seed=args.seed)
     print(f"score: {args.method} on {args.model} (needs: {', '.join(sorted(method.needs)) or 'model only'}; "
           f"options {args.options}; device {device})", flush=True)
     t0 = time.perf_counter()
