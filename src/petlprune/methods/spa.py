@@ -48,8 +48,9 @@ SPA_DEFAULTS: dict[str, Any] = {
     "recover": {"epochs": 1, "lr": 0.001, "weight_decay": 0.0001, "warmup_epochs": 0, "batch_size": 64},
     "recover_batches": None,  # loader batches per recovery epoch (None: all)
     # learning rate of the common re-training for this method (None: the shared recipe's). Only
-    # fine_pruning sets it: it trains W itself, and the PETL recipe's lr 0.01 wrecks W (digits p0.5:
-    # 0.094 top-1 at 0.01, 0.456 at 1e-3, as full fine-tuning needs 3e-4); epochs and data stay shared.
+    # fine_pruning sets it: it trains W itself, and the PETL recipe's lr 0.01 wrecks backbone weights,
+    # as it does for full fine-tuning. The tiers use full fine-tuning's lr (3e-4, chosen on
+    # train800 -> val200, never on test); epochs and data stay shared.
     "retrain_lr": None,
 }
 
@@ -199,6 +200,11 @@ def _options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     dens = [float(d) for d in opts["densities"]]
     if not dens or not all(0 < d < 1 for d in dens):
         raise ValueError(f"method {name!r}: densities must be in (0, 1), got {opts['densities']!r}")
+    steps = [(1 - d) / float(opts["step"]) for d in dens]
+    off = [d for d, s in zip(dens, steps, strict=True) if abs(s - round(s)) > 1e-6]
+    if off:  # the schedule would stop at the nearest step and file its masks under the wrong density
+        raise ValueError(f"method {name!r}: densities {off} are not reached by steps of {opts['step']} "
+                         "(1 - density must be a multiple of step)")
     opts["densities"] = sorted(set(dens), reverse=True)
     return opts
 

@@ -148,6 +148,7 @@ def slice_channels(model: nn.Module) -> nn.Module:
             linear = nn.Linear(len(cols), len(rows), device=w.device, dtype=w.dtype)
             linear.weight.copy_(w)
             linear.bias.copy_(layer.adapter.bias.index_select(0, rows))
+            linear.requires_grad_(False)  # deployment only: params_trainable must not count the sliced W
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent), child, linear)
     model.sliced_channels = {k: int(v.sum().item()) for k, v in masks.items()}
