@@ -97,8 +97,10 @@ def _load(results: Path, model_pt: Path) -> nn.Module:
     from petlprune.models.build import load_task_model
 
     backbone = results / "backbone" / f"{load_checkpoint(model_pt)['backbone']}.pt"
-    model, _ = load_task_model(model_pt, backbone)
-    return model.eval()
+    from petlprune.stages.measure import deployed_model
+
+    model, info = load_task_model(model_pt, backbone)
+    return deployed_model(model, info).eval()  # timed as the study times it (SPA: sliced)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,35 @@ from pathlib import Path
 
 from petlprune.stages._args import non_negative_int, positive_int
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["add_arguments", "run", "deployed_model", "has_deployed_form"]
+
+
+def _deploy_fn(info: dict):
+    from petlprune.methods import get
+    from petlprune.models.surgery import slice_channels
+
+    plan = info.get("plan")
+    if plan is not None:
+        return getattr(get(plan["method"]), "deploy", None)
+    if info["petl"] == "splora":  # an unpruned SPLoRA model deploys fused (W + C R), like SPA's
+        return lambda m, _plan: slice_channels(m)
+    return None
+
+
+def has_deployed_form(info: dict) -> bool:
+    """Whether a loaded task model (``load_task_model``'s info) is timed in another, deployed form."""
+    return _deploy_fn(info) is not None
+
+
+def deployed_model(model, info: dict):
+    """The form a task model is timed in: its method's ``deploy`` (SPA: fused and sliced), else itself."""
+    from petlprune.methods import Plan
+
+    fn = _deploy_fn(info)
+    if fn is None:
+        return model
+    plan = info.get("plan")
+    return fn(model, None if plan is None else Plan.from_dict(plan))
 
 
 
@@ -39,9 +67,7 @@ def run(args: argparse.Namespace) -> None:
 
     from petlprune.io import atomic_write_json
     from petlprune.measure import measure_model, stored_params
-    from petlprune.methods import Plan, get
     from petlprune.models.build import load_task_model
-    from petlprune.models.surgery import slice_channels
 
     missing = [str(d / "model.pt") for d in args.model_dirs if not (d / "model.pt").is_file()]
     if missing:
@@ -51,17 +77,11 @@ def run(args: argparse.Namespace) -> None:
         model, info = load_task_model(model_dir / "model.pt", args.backbone)
         plan = info.get("plan")
         stored, deployed = None, model
-        if plan is not None:
-            deploy = getattr(get(plan["method"]), "deploy", None)
-        elif info["petl"] == "splora":  # an unpruned SPLoRA model deploys fused (W + C R), like SPA's
-            deploy = lambda m, _plan: slice_channels(m)  # noqa: E731
-        else:
-            deploy = None
-        if deploy is not None:
+        if has_deployed_form(info):
             # A model with a deployment form (SPA: fuse + slice channels) is timed and counted (FLOPs,
             # forward params) as deployed; what it stores is counted on the masked task model.
             stored = stored_params(plan, model)
-            deployed = deploy(model, None if plan is None else Plan.from_dict(plan))
+            deployed = deployed_model(model, info)
         result = measure_model(
             deployed,
             image_size=args.image_size,
