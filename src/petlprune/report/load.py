@@ -193,6 +193,20 @@ class RunDir:
                     out[(key, budget)] = self.plan(key, budget)
         return out
 
+    def scored(self, method: str) -> list[tuple[str, dict[str, Any], dict[tuple[str, str], dict[str, Any]]]]:
+        """``(key, scores, plans)`` for every key of ``method`` that has a scores file: its Plans keyed by
+        (key, budget), in budget order. What a method's report section iterates over."""
+        from petlprune.report.tables import budget_order  # tables imports this module
+
+        plans = self.plans(method)
+        out = []
+        for key in self.keys(method):
+            scores = self.scores(key)
+            if scores is not None:
+                own = sorted(((kb, p) for kb, p in plans.items() if kb[0] == key), key=lambda kv: budget_order(kv[0][1]))
+                out.append((key, scores, dict(own)))
+        return out
+
     def labels(self) -> np.ndarray | None:
         path = self.root / "features.npz"
         if not path.is_file():

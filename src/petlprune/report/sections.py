@@ -212,13 +212,7 @@ def _per_block_extras(extra: dict, n: int) -> dict[str, np.ndarray]:
 def sls_section(run: RunDir, method: str) -> list[tuple[str, Figure]]:
     """SLS: the t-SNE map of every embedded block, and the silhouette curve with the threshold."""
     out: list[tuple[str, Figure]] = []
-    plans = run.plans(method)
-    for key in run.keys(method):
-        scores = run.scores(key)
-        if scores is None:
-            continue
-        key_plans = dict(sorted(((kb, p) for kb, p in plans.items() if kb[0] == key),
-                                key=lambda kv: budget_order(kv[0][1])))
+    for key, scores, key_plans in run.scored(method):
         # the maps grey out what the smallest alpha removed (the others remove no more)
         depth = next((p["depth"] for (_, b), p in key_plans.items() if sls_alpha(b) is not None), None)
         sidecar = run.sidecar(key)

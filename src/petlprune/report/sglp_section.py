@@ -11,7 +11,6 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
 from petlprune.report.load import ResultsError, RunDir
-from petlprune.report.tables import budget_order
 
 __all__ = ["sglp_section", "cka_segments_figure", "segmentation_loss_figure", "segment_keep_figure"]
 
@@ -95,11 +94,7 @@ def segment_keep_figure(n: int, segments: list[list[int]], plans: dict[tuple[str
 def sglp_section(run: RunDir, method: str) -> list[tuple[str, Figure]]:
     """SGLP: CKA heatmap with the segment boundaries, P(N, k) with the chosen K, kept blocks per segment."""
     out: list[tuple[str, Figure]] = []
-    plans = run.plans(method)
-    for key in run.keys(method):
-        scores = run.scores(key)
-        if scores is None:
-            continue
+    for key, scores, key_plans in run.scored(method):
         extra = scores["extra"]
         where = str(run.root / "score" / f"{key}.json")
         _require(extra, ("cka", "segments", "losses", "k"), where)
@@ -112,8 +107,6 @@ def sglp_section(run: RunDir, method: str) -> list[tuple[str, Figure]]:
                     cka_segments_figure(cka, segments, f"{key}: CKA of block outputs ({tokens} tokens)")))
         out.append((f"Segmentation loss and the chosen K ({key})",
                     segmentation_loss_figure(extra["losses"], int(extra["k"]), bool(extra.get("k_auto")))))
-        key_plans = dict(sorted(((kb, p) for kb, p in plans.items() if kb[0] == key),
-                                key=lambda kv: budget_order(kv[0][1])))
         if key_plans:
             out.append((f"Blocks kept per segment ({key})", segment_keep_figure(cka.shape[0], segments, key_plans)))
     return out

@@ -13,7 +13,6 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from petlprune.report.load import ResultsError, RunDir
-from petlprune.report.tables import budget_order
 
 __all__ = ["spa_section", "schedule_figure", "kept_width_figure"]
 
@@ -75,19 +74,14 @@ def kept_width_figure(plans: dict[str, dict], where: str) -> Figure:
 def spa_section(run: RunDir, method: str) -> list[tuple[str, Figure]]:
     """SPA / fine-pruning: the iterative schedule and the width each plan keeps per block."""
     out: list[tuple[str, Figure]] = []
-    plans = run.plans(method)
-    for key in run.keys(method):
-        scores = run.scores(key)
-        if scores is None:
-            continue
+    for key, scores, plans in run.scored(method):
         extra = scores["extra"]
         where = str(run.root / "score" / f"{key}.json")
         if "history" not in extra:
             raise ResultsError(f"{where}: SPA scores lack 'history' (written by an older version? re-run score)")
         title = f"{key}: {extra.get('criterion')} criterion, steps of {extra.get('step', 0):.0%} of the channels"
         out.append((f"Pruning schedule ({key})", schedule_figure(extra["history"], title)))
-        key_plans = {b: p for (k, b), p in sorted(plans.items(), key=lambda kv: budget_order(kv[0][1]))
-                     if k == key and p.get("masks")}
+        key_plans = {b: p for (_, b), p in plans.items() if p.get("masks")}
         if key_plans:
             out.append((f"Width kept per block ({key})", kept_width_figure(key_plans, where)))
     return out
