@@ -1,4 +1,7 @@
-"""SGLP (methods/sglp.py): keep rules, GradNorm from identical states, subset search, score → plan → apply."""
+"""SGLP (methods/sglp.py): keep rules, GradNorm from identical states, subset search, score → plan → apply.
+
+The official GradNorm recipe and the finetuned ablation's rule: tests/test_sglp_official.py.
+"""
 
 from __future__ import annotations
 
@@ -49,14 +52,23 @@ def two_batches(seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(ds.tensors[0][:8], ds.tensors[1][:8]), (ds.tensors[0][8:], ds.tensors[1][8:])]
 
 
-def reference_gradnorm(model: nn.Module, kept: list[int], batches) -> float:
-    """Independent: a hand-built sub-network, .backward() on a fresh copy, norm of the .grad fields."""
+def reference_finetuned(model: nn.Module, kept: list[int], batches, seed: int = 0) -> tuple[float, float]:
+    """Independent finetuned-context G and loss: a hand-built sub-network with the trained head, train
+    mode, every weight unfrozen, ``.backward()`` per batch after ``zero_grad``, the norm of the ``.grad``
+    fields per batch, averaged."""
     net = copy.deepcopy(model)
     net.blocks = nn.Sequential(*[net.blocks[i] for i in kept])
-    net.eval()
-    loss = sum(F.cross_entropy(net(x), y) for x, y in batches)
-    loss.backward()
-    return math.sqrt(sum(float(p.grad.double().square().sum()) for p in net.parameters() if p.grad is not None))
+    net.requires_grad_(True).train()
+    norms, losses = [], []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for x, y in batches:
+            net.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(net(x), y)
+            loss.backward()
+            norms.append(math.sqrt(sum(float(p.grad.double().square().sum()) for p in net.parameters() if p.grad is not None)))
+            losses.append(float(loss.detach()))
+    return float(np.mean(norms)), float(np.mean(losses))
 
 
 # --------------------------------------------------------------------------------- keep rules
@@ -88,49 +100,69 @@ def test_keep_counts_errors() -> None:
 
 
 # ----------------------------------------------------------------------------------- GradNorm
-def test_gradnorm_equals_reference() -> None:
+# (the official context's recipe is checked against an independent reference in test_sglp_official.py)
+def test_finetuned_gradnorm_equals_reference() -> None:
     model, batches = tiny_vit(), two_batches()
-    scorer = GradNormScorer(model, batches)
+    scorer = GradNormScorer(model, batches, context="finetuned", seed=3)
     for kept in ([0, 1, 2, 3, 4, 5], [1, 3, 4], [5]):
-        assert scorer.evaluate(kept) == pytest.approx(reference_gradnorm(model, kept, batches), rel=1e-5)
+        g, loss = reference_finetuned(model, kept, batches, seed=3)
+        out = scorer.evaluate(kept)
+        assert out["gradnorm"] == pytest.approx(g, rel=1e-6) and out["loss"] == pytest.approx(loss, rel=1e-6)
+        assert gradnorm(model, kept, batches, context="finetuned", seed=3) == pytest.approx(g, rel=1e-6)
 
 
-def test_gradnorm_all_params_is_larger() -> None:
+def test_finetuned_gradnorm_counts_every_weight() -> None:
+    """All parameters take a gradient (as in the official grad_norm), not only the trainable PETL + head."""
     model, batches = tiny_vit(), two_batches()
     flags = [p.requires_grad for p in model.parameters()]
-    trainable = GradNormScorer(model, batches).evaluate([0, 2, 4])
-    everything = GradNormScorer(model, batches, grad_params="all").evaluate([0, 2, 4])
-    assert everything > trainable > 0
+    g_all = gradnorm(model, [0, 2, 4], batches, context="finetuned")
+    net = copy.deepcopy(model)
+    net.blocks = nn.Sequential(*[net.blocks[i] for i in (0, 2, 4)])
+    net.train()
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        per_batch = []
+        for x, y in batches:
+            grads = torch.autograd.grad(F.cross_entropy(net(x), y), trainable)
+            per_batch.append(math.sqrt(sum(float(g.double().square().sum()) for g in grads)))
+    assert g_all > float(np.mean(per_batch)) > 0
     assert [p.requires_grad for p in model.parameters()] == flags  # the copy was unfrozen, not the model
 
 
-def test_candidates_scored_from_identical_states() -> None:
-    """The official code reuses one network and accumulates gradients: order and repetition change G.
-
-    Here every candidate is a fresh copy of the same state on the same batches: scoring in two orders,
-    or the same candidate twice, gives bit-identical values, and the model is left untouched.
-    """
+@pytest.mark.parametrize("context", ["official", "finetuned"])
+def test_candidates_scored_from_identical_states(context: str) -> None:
+    """The official code reuses one network and never resets it: units loaded for earlier candidates
+    stay in later ones, so the order changes G. Here each candidate starts from the same state, on the
+    same batches and dropout seed: two orders, or the same candidate twice, give bit-identical values,
+    and the model is left untouched."""
     model, batches = tiny_vit(), two_batches()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     flags = [p.requires_grad for p in model.parameters()]
     candidates = [list(c) for c in combinations(range(DEPTH), 4)]
-    forward = GradNormScorer(model, batches)
-    backward = GradNormScorer(model, batches)
+    forward = GradNormScorer(model, batches, context=context)
+    backward = GradNormScorer(model, batches, context=context)
     g_forward = {tuple(c): forward.evaluate(c) for c in candidates}
     g_backward = {tuple(c): backward.evaluate(c) for c in reversed(candidates)}
     assert g_forward == g_backward
     again = [forward.evaluate(candidates[0]) for _ in range(3)]
     assert again == [g_forward[tuple(candidates[0])]] * 3
-    assert len(set(g_forward.values())) > 1  # the candidates do differ
+    assert len({v["gradnorm"] for v in g_forward.values()}) > 1  # the candidates do differ
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert [p.requires_grad for p in model.parameters()] == flags
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_gradnorm_needs_trainable_params() -> None:
-    model = tiny_vit().requires_grad_(False)
-    with pytest.raises(ValueError, match="requires_grad"):
-        gradnorm(model, two_batches())
+def test_gradnorm_bad_input() -> None:
+    model, batches = tiny_vit(), two_batches()
+    with pytest.raises(ValueError, match="context must be one of"):
+        gradnorm(model, [0], batches, context="others")
+    with pytest.raises(ValueError, match="at least one kept block"):
+        gradnorm(model, [], batches, context="finetuned")
+    with pytest.raises(ValueError, match=r"0\.\.5"):
+        gradnorm(model, [0, 6], batches)
+    with pytest.raises(ValueError, match="no batch"):
+        gradnorm(model, [0], [])
 
 
 # ------------------------------------------------------------------------------ subset search
@@ -149,8 +181,10 @@ def test_select_subset_exhaustive() -> None:
     score, calls = fake_scorer({0: 1.0, 1: 0.5, 2: 0.4, 3: 3.0, 4: 0.0, 5: 9.0})
     out = select_subset(score, (0, 4), 2, others=[4, 5])
     assert out["kept"] == [1, 2] and out["search"] == "exhaustive" and len(out["networks"]) == math.comb(4, 2)
-    assert out["gradnorm"] == pytest.approx(0.5 + 0.4 + 5.0 + 9.0)
+    assert out["value"] == pytest.approx(0.5 + 0.4 + 5.0 + 9.0)
     assert all({4, 5} <= set(c) for c in calls)  # every candidate network holds the other segments
+    low = select_subset(score, (0, 4), 2, others=[4, 5], maximize=False)  # the smallest score instead
+    assert low["kept"] == [0, 2] and low["value"] == pytest.approx(1.0 + 0.4 + 9.0)
 
 
 def test_select_subset_greedy_above_cap() -> None:
@@ -158,9 +192,9 @@ def test_select_subset_greedy_above_cap() -> None:
     out = select_subset(score, (0, 4), 2, max_subsets=5)  # C(4, 2) = 6 > 5
     # greedy elimination drops 2 first ({0, 1, 3} scores 4.5, the best of the four drops), then keeps
     # the best pair of {0, 1, 3}: {0, 3} (4.0); it misses the exhaustive optimum {1, 2} (5.9)
-    assert out["search"] == "greedy" and out["kept"] == [0, 3] and out["gradnorm"] == pytest.approx(4.0)
+    assert out["search"] == "greedy" and out["kept"] == [0, 3] and out["value"] == pytest.approx(4.0)
     assert out["networks"] == [[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2], [1, 3], [0, 3], [0, 1]]
-    assert select_subset(score, (0, 4), 4) == {"kept": [0, 1, 2, 3], "gradnorm": None, "search": "whole", "networks": []}
+    assert select_subset(score, (0, 4), 4) == {"kept": [0, 1, 2, 3], "value": None, "search": "whole", "networks": []}
     assert select_subset(score, (0, 4), 0)["kept"] == []
 
 
@@ -206,7 +240,8 @@ def test_score_plan_apply(tmp_path) -> None:
     scores.save(tmp_path / "sglp.json")  # JSON round trip: plan works from the stored file alone
     stored = Scores.load(tmp_path / "sglp.json")
     segments = [tuple(s) for s in extra["segments"]]
-    reference = GradNormScorer(ctx.model, [(x, y) for x, y in list(ctx.loader)[:2]])
+    assert extra["context"] == "official" and extra["pick"] == "largest_g" and extra["init_seed"] == ctx.seed
+    reference = GradNormScorer(ctx.model, [(x, y) for x, y in list(ctx.loader)[:2]], seed=ctx.seed)
     for depth in range(1, DEPTH + 1):
         plan = method.plan(stored, Budget.parse(f"d{depth}"))
         assert plan.depth == depth == len(plan.kept_blocks)
@@ -215,9 +250,9 @@ def test_score_plan_apply(tmp_path) -> None:
         for (a, b), r in zip(segments, counts, strict=True):
             inside = [i for i in plan.kept_blocks if a <= i < b]
             assert len(inside) == r
-            if 0 < r < b - a:  # the kept subset has the largest G among all subsets of that size
-                others = [i for i in range(DEPTH) if not a <= i < b]
-                best = max(combinations(range(a, b), r), key=lambda c: reference(sorted([*others, *c])))
+            if 0 < r < b - a:  # the kept subset has the largest G among all subsets of that size,
+                # each scored with only its own blocks fine-tuned in the random network (official)
+                best = max(combinations(range(a, b), r), key=lambda c: reference(c)["gradnorm"])
                 assert inside == list(best)
     plan = method.plan(stored, Budget.parse("d3"))
     assert 0 < plan.decision_seconds <= scores.seconds  # this depth's own cost, not every depth's
@@ -228,7 +263,7 @@ def test_score_plan_apply(tmp_path) -> None:
 
 def test_score_options() -> None:
     method = get("sglp")
-    scores = method.score(make_context(k="auto", depths=[3], context="alone", keep_rule="largest_first", max_subsets=2))
+    scores = method.score(make_context(k="auto", depths=[3], context="finetuned", keep_rule="largest_first", max_subsets=2))
     assert 1 <= scores.extra["k"] <= 6
     plan = method.plan(scores, Budget.parse("d3"))
     assert plan.depth == 3
@@ -240,6 +275,10 @@ def test_score_options() -> None:
         method.score(make_context(segments=3))
     with pytest.raises(ValueError, match="'k'"):
         method.score(make_context(k=0))
+    for key, value in (("context", "others"), ("pick", "largest"), ("init_seed", -1), ("init_seed", 1.5),
+                       ("gradnorm_batches", 0)):
+        with pytest.raises(ValueError, match=repr(key)):
+            method.score(make_context(**{key: value}))
     with pytest.raises(ValueError, match="alpha budget"):
         method.plan(scores, Budget.parse("a0.3"))
 

@@ -1,32 +1,34 @@
 """SGLP: Similarity-Guided fast Layer Partition pruning (Li, Lu et al., arXiv 2410.14720).
 
 1. Linear CKA between the outputs of every pair of blocks (``analysis.cka``; CLS token by default,
-   all tokens flattened as an ablation).
+   all tokens flattened as an ablation, :mod:`~petlprune.methods.sglp_tokens`).
 2. Each block reduced to its CKA column sum; Fisher's exact optimal segmentation of that sequence
    into K contiguous segments (``analysis.segment``; K fixed or SGLP's "auto" rule).
 3. A depth budget is shared out over the segments (``keep_rule``); within each segment the subset of
-   the required size whose network has the largest GradNorm ``G = sqrt(Σ_p ||∂CE/∂p||²)`` on two
-   fixed training batches is kept (exhaustive below ``max_subsets`` candidates, greedy above).
+   the required size with the best GradNorm is kept (exhaustive below ``max_subsets`` candidates,
+   greedy above; :mod:`~petlprune.methods.sglp_gradnorm`).
 4. ``apply`` keeps those blocks (``models.surgery.keep_blocks``); re-training is the common stage's.
 
+GradNorm context (``context``, see :mod:`~petlprune.methods.sglp_gradnorm`):
+    official (default): as the official code, a randomly initialised full-depth network (one fixed
+        initialisation from ``init_seed``, the same for every candidate, reset before each) in which
+        only the candidate's blocks carry their fine-tuned weights; train mode; G = mean over the
+        batches of the per-batch gradient norm over all parameters; the largest G wins.
+    finetuned (ablation): the fine-tuned model with its trained head, pruned to the blocks of the
+        other segments plus the candidate; ``pick`` ranks the candidates there (default the lowest
+        loss, chosen on train800 -> val200, book/methods/sglp.md).
+
 Where GradNorm runs. The framework's ``plan(scores, budget)`` sees only the scores, but GradNorm needs
-the model and data. The segment choices are independent of one another (each candidate is scored in
-a network whose OTHER segments are fixed, see ``context``), so a segment's best subset of size r
-depends only on (segment, r), never on the depth asked for. ``score`` therefore evaluates, for every
-depth in ``depths`` (default: all 1..N), the subsets each segment needs under ``keep_rule``, and
-stores the winner of every (segment, r) in ``Scores.extra["selection"]``; ``plan`` is then a pure
-look-up (apportion the depth, take each segment's stored winner) and needs no model. One score file
-serves the matched budget and the whole depth sweep, and every GradNorm value is in the results tree.
+the model and data. A segment's candidates are judged in a network that does not depend on the
+choices of the other segments (official: those blocks are random; finetuned: they are all kept), so
+a segment's best subset of size r depends only on (segment, r), never on the depth asked for.
+``score`` therefore evaluates, for every depth in ``depths`` (default: all 1..N), the subsets each
+segment needs under ``keep_rule``, and stores the winner of every (segment, r) in
+``Scores.extra["selection"]``; ``plan`` is then a pure look-up (apportion the depth, take each
+segment's stored winner) and needs no model. One score file serves the matched budget and the whole
+depth sweep, and every G and loss is in the results tree.
 
-GradNorm, without the official code's bug (it builds one randomly initialised full network, loads
-each candidate's pretrained units into it and never resets it, so gradients accumulate and later
-candidates inherit earlier ones' state): every candidate network is a fresh deep copy of the SAME
-fine-tuned model (gradients cleared), pruned with ``keep_blocks``, in eval mode (no dropout or drop-path, so G is a deterministic function of the
-weights and the batches), and sees the SAME two batches, drawn once. Gradients come from
-``torch.autograd.grad`` of ``CE(batch 1) + CE(batch 2)`` (batch-mean cross-entropies, the gradient the
-official loop accumulates over its two batches); nothing is stored in ``.grad``.
-
-Options (``ctx.options``; defaults in :data:`DEFAULTS`):
+Options (``ctx.options``; defaults in :data:`DEFAULTS`; validated by :meth:`SGLP.check_options`):
     tokens: ``cls`` (the CLS token of each block output, from ``ctx.features``) or ``all`` (every
         token of each block output flattened; a forward pass over ``ctx.loader``).
     estimator: ``biased`` (official) or ``unbiased`` (Nguyen et al. 2021 minibatch CKA).
@@ -37,18 +39,15 @@ Options (``ctx.options``; defaults in :data:`DEFAULTS`):
     k_max, threshold: the ``auto`` rule's parameters (official 6 and 0.05); ``k_max`` also sets the
         length of the stored P(N, k) curve.
     keep_rule: ``proportional`` or ``largest_first`` (:func:`keep_counts`).
-    context: what a candidate's network holds besides the candidate blocks: ``others`` (every block
-        of the other segments, with their fine-tuned weights, default: each segment is judged inside
-        the real network, and the choices of different segments stay independent and
-        order-free) or ``alone`` (nothing else: the literal "network that keeps just those
-        units"). The official code's other units are random weights, which we do not reproduce.
-    grad_params: ``trainable`` (parameters with ``requires_grad``: PETL modules + head, the weights
-        re-training will move) or ``all`` (every weight of the candidate network).
-    gradnorm_batches: number of fixed training batches (official: 2).
+    context: ``official`` or ``finetuned`` (above).
+    pick: None (the context's rule, :data:`DEFAULT_PICK`) or one of ``largest_g``, ``smallest_g``,
+        ``lowest_loss``.
+    init_seed: seed of the official context's random initialisation and of the dropout RNG during
+        GradNorm; None (default) = the run seed (``ctx.seed``).
+    gradnorm_batches: number of fixed training batches (the first of the run-seeded loader; 2).
     max_subsets: enumerate all C(n, r) subsets when C(n, r) <= this, otherwise greedy elimination
         (default 32: a 9-block segment then costs about 50 GradNorm evaluations for every depth at
-        once instead of 510; one evaluation of the embedded 12-block ViT on 2×64 images is ~0.5 s
-        on one CPU core).
+        once instead of 510).
     depths: the depths to prepare decisions for (None: 1..N).
 
 ``Plan.decision_seconds`` of a depth is what that decision costs on its own: CKA + segmentation +
@@ -58,27 +57,33 @@ counted in full for each), not the time of preparing every depth in one score fi
 
 from __future__ import annotations
 
-import copy
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from fractions import Fraction
-from itertools import combinations, islice
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
-from petlprune.analysis.cka import MinibatchCKA, batch_sizes, cka_matrix
+from petlprune.analysis.cka import cka_matrix
 from petlprune.analysis.segment import choose_k, fisher_segments, segmentation_losses
 from petlprune.methods.base import Budget, LayerPruningMethod, Plan, Scores, ScoringContext, register
-from petlprune.models.surgery import keep_blocks
+from petlprune.methods.sglp_gradnorm import (
+    CONTEXTS,
+    PICKS,
+    GradNormScorer,
+    fixed_batches,
+    gradnorm,
+    select_subset,
+)
+from petlprune.methods.sglp_tokens import TOKENS, cls_features, token_cka
 
 __all__ = [
+    "CONTEXTS",
     "DEFAULTS",
+    "DEFAULT_PICK",
     "KEEP_RULES",
+    "PICKS",
     "SGLP",
     "GradNormScorer",
     "gradnorm",
@@ -88,6 +93,10 @@ __all__ = [
 ]
 
 KEEP_RULES = ("proportional", "largest_first")
+# The rule each context ranks candidates by when ``pick`` is None. Official: search_best's largest G.
+# Finetuned: on a trained network G grows with the loss (the largest G marks the most damaging subset);
+# the lowest loss beat the smallest G on train800 -> val200 (book/methods/sglp.md).
+DEFAULT_PICK = {"official": "largest_g", "finetuned": "lowest_loss"}
 DEFAULTS: dict[str, Any] = {
     "tokens": "cls",
     "estimator": "biased",
@@ -97,19 +106,21 @@ DEFAULTS: dict[str, Any] = {
     "k_max": 6,
     "threshold": 0.05,
     "keep_rule": "proportional",
-    "context": "others",
-    "grad_params": "trainable",
+    "context": "official",
+    "pick": None,
+    "init_seed": None,
     "gradnorm_batches": 2,
     "max_subsets": 32,
     "depths": None,
 }
 _CHOICES = {
-    "tokens": ("cls", "all"),
+    "tokens": TOKENS,
     "estimator": ("biased", "unbiased"),
     "keep_rule": KEEP_RULES,
-    "context": ("others", "alone"),
-    "grad_params": ("trainable", "all"),
+    "context": CONTEXTS,
+    "pick": (None, *PICKS),
 }
+
 
 # ----------------------------------------------------------------------------------------- options
 def _is_int(value: Any) -> bool:
@@ -118,6 +129,8 @@ def _is_int(value: Any) -> bool:
 
 def _options(raw: Mapping[str, Any]) -> dict[str, Any]:
     """``raw`` over :data:`DEFAULTS`, validated; errors name the option."""
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"method 'sglp': options must be a mapping, got {type(raw).__name__}")
     unknown = sorted(set(raw) - set(DEFAULTS))
     if unknown:
         raise ValueError(f"method 'sglp': unknown option(s) {unknown} (allowed: {', '.join(sorted(DEFAULTS))})")
@@ -131,6 +144,8 @@ def _options(raw: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("cka_batch_size", "max_samples"):
         if opts[key] is not None and (not _is_int(opts[key]) or opts[key] < 1):
             raise ValueError(f"method 'sglp': option {key!r} must be a positive integer or null, got {opts[key]!r}")
+    if opts["init_seed"] is not None and (not _is_int(opts["init_seed"]) or opts["init_seed"] < 0):
+        raise ValueError(f"method 'sglp': option 'init_seed' must be a non-negative integer or null, got {opts['init_seed']!r}")
     if opts["k"] != "auto" and (not _is_int(opts["k"]) or opts["k"] < 1):
         raise ValueError(f"method 'sglp': option 'k' must be 'auto' or a positive integer, got {opts['k']!r}")
     if isinstance(opts["threshold"], bool) or not isinstance(opts["threshold"], (int, float)):
@@ -198,283 +213,25 @@ def keep_counts(lengths: Sequence[int], depth: int, rule: str = "proportional") 
     raise ValueError(f"keep_counts: unknown rule {rule!r} (known: {', '.join(KEEP_RULES)})")
 
 
-# ----------------------------------------------------------------------------------------- GradNorm
-def gradnorm(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> float:
-    """``G = sqrt(Σ_p ||∂L/∂p||²)`` over the parameters with ``requires_grad``, ``L = Σ_b CE_b``.
-
-    ``CE_b`` is the batch-mean cross-entropy of batch b. Uses ``torch.autograd.grad``: ``.grad`` is
-    never written, so nothing can accumulate across calls. Run in whatever mode the model is in.
-
-    Args:
-        model: maps images to logits.
-        batches: (images, labels) pairs, already on the model's device.
-    """
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("gradnorm: the network has no parameter with requires_grad (nothing to differentiate)")
-    if not batches:
-        raise ValueError("gradnorm: no batch given")
-    with torch.enable_grad():
-        loss = sum(F.cross_entropy(model(x), y) for x, y in batches)
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
-    total = torch.zeros((), dtype=torch.float64)
-    for g in grads:
-        if g is not None:  # a parameter the network does not use has gradient 0
-            total = total + g.detach().double().square().sum().cpu()
-    return float(total.sqrt())
-
-
-class GradNormScorer:
-    """GradNorm of sub-networks of one model, every one from the same state and the same batches.
-
-    The model is deep-copied once (gradients cleared, eval mode; with ``grad_params="all"`` every
-    weight of the copy requires grad) and that copy is never run. Each evaluation deep-copies it again,
-    keeps the candidate's blocks and measures :func:`gradnorm` on the stored batches, so neither the
-    order of candidates nor repeated evaluation can change a value.
-
-    Args:
-        model: the fine-tuned model (left untouched).
-        batches: the fixed (images, labels) batches; moved to the model's device once.
-        grad_params: ``trainable`` or ``all``.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
-        *,
-        grad_params: str = "trainable",
-    ) -> None:
-        if grad_params not in _CHOICES["grad_params"]:
-            raise ValueError(f"grad_params must be one of {_CHOICES['grad_params']}, got {grad_params!r}")
-        base = copy.deepcopy(model)
-        base.eval()
-        for p in base.parameters():
-            p.grad = None
-            if grad_params == "all":
-                p.requires_grad_(True)
-        param = next(base.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        self._base = base
-        self.num_blocks = len(base.blocks)
-        self.batches = [(x.to(device), y.to(device)) for x, y in batches]
-        self.grad_params = grad_params
-        self.cache: dict[tuple[int, ...], float] = {}
-        self.seconds: dict[tuple[int, ...], float] = {}  # wall time of each memoised evaluation
-
-    def evaluate(self, kept: Sequence[int]) -> float:
-        """G of the network keeping blocks ``kept`` (ascending), computed afresh (never cached)."""
-        kept = [int(i) for i in kept]
-        if not kept or kept != sorted(set(kept)) or not 0 <= kept[0] <= kept[-1] < self.num_blocks:
-            raise ValueError(f"GradNormScorer: kept blocks must be ascending indices in 0..{self.num_blocks - 1}, got {kept}")
-        net = keep_blocks(copy.deepcopy(self._base), kept)
-        return gradnorm(net, self.batches)
-
-    def __call__(self, kept: Sequence[int]) -> float:
-        """G of the network keeping ``kept``, memoised (values do not depend on call order)."""
-        key = tuple(int(i) for i in kept)
-        if key not in self.cache:
-            start = time.perf_counter()
-            self.cache[key] = self.evaluate(key)
-            self.seconds[key] = time.perf_counter() - start
-        return self.cache[key]
-
-
-def select_subset(
-    scorer: Callable[[Sequence[int]], float],
-    segment: tuple[int, int],
-    r: int,
-    *,
-    others: Sequence[int] = (),
-    max_subsets: int = 32,
-) -> dict[str, Any]:
-    """The ``r`` blocks of ``segment`` whose network has the largest GradNorm.
-
-    A candidate subset S is scored as ``scorer(sorted(others ∪ S))``. When ``C(n, r) <= max_subsets``
-    every subset is scored (ties: the lexicographically first); otherwise greedy backward
-    elimination: from the whole segment, repeatedly drop the block whose removal leaves the largest
-    G, until r remain (the scorer's memo shares that path between values of r).
-
-    Args:
-        scorer: kept block indices -> G (e.g. a :class:`GradNormScorer`).
-        segment: half-open ``(start, end)`` block range.
-        r: blocks to keep, ``0 <= r <= end - start``.
-        others: blocks outside the segment present in every candidate network.
-        max_subsets: exhaustive search limit.
-
-    Returns:
-        ``{"kept": [...], "gradnorm": G or None, "search": "exhaustive" | "greedy" | "whole" | "none",
-        "networks": the block lists scored, in order}``; nothing is scored when r is 0 or the length.
-    """
-    start, end = segment
-    members = list(range(start, end))
-    if not 0 <= r <= len(members):
-        raise ValueError(f"select_subset: cannot keep {r} blocks of segment [{start}, {end})")
-    if r == len(members):
-        return {"kept": members, "gradnorm": None, "search": "whole", "networks": []}
-    if r == 0:
-        return {"kept": [], "gradnorm": None, "search": "none", "networks": []}
-    fixed = [int(b) for b in others]
-    overlap = set(fixed) & set(members)
-    if overlap:
-        raise ValueError(f"select_subset: context blocks {sorted(overlap)} lie inside segment [{start}, {end})")
-
-    networks: list[list[int]] = []
-
-    def g_of(subset: Sequence[int]) -> float:
-        networks.append(sorted([*fixed, *subset]))
-        return scorer(networks[-1])
-
-    if math.comb(len(members), r) <= max_subsets:
-        best, best_g = None, -math.inf
-        for subset in combinations(members, r):
-            g = g_of(subset)
-            if g > best_g:
-                best, best_g = list(subset), g
-        return {"kept": best, "gradnorm": best_g, "search": "exhaustive", "networks": networks}
-    current, g_current = list(members), math.nan
-    while len(current) > r:
-        best_drop, g_current = None, -math.inf
-        for b in current:
-            g = g_of([c for c in current if c != b])
-            if g > g_current:
-                best_drop, g_current = b, g
-        current.remove(best_drop)
-    return {"kept": current, "gradnorm": g_current, "search": "greedy", "networks": networks}
-
-
-# -------------------------------------------------------------------------------------- features
-def _fixed_batches(loader: Iterable[Any], count: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The first ``count`` (images, labels) batches, drawn once under a seeded RNG (a shuffling loader
-    without its own generator then still gives the same batches for the same seed)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        batches = []
-        for i, batch in enumerate(islice(loader, count)):
-            if not isinstance(batch, Sequence) or len(batch) < 2:
-                raise ValueError(f"loader batch {i}: expected (images, labels), got {type(batch).__name__}")
-            batches.append((batch[0], batch[1]))
-    if not batches:
-        raise ValueError("method 'sglp': the loader yielded no batch for GradNorm")
-    return batches
-
-
-@torch.no_grad()
-def token_cka(
-    model: nn.Module,
-    loader: Iterable[Any],
-    *,
-    tokens: str = "all",
-    estimator: str = "biased",
-    batch_size: int | None = None,
-    max_samples: int | None = None,
-    seed: int = 0,
-) -> torch.Tensor:
-    """CKA matrix of the block outputs of ``model`` on the loader's images, streamed in CKA batches.
-
-    Block outputs come from timm's ``forward_intermediates`` (eval mode, no final norm); ``all``
-    flattens every token (prefix + patch) per sample, ``cls`` takes the class token. Features of at
-    most one CKA batch are held at a time.
-
-    Args:
-        model: a timm VisionTransformer.
-        loader: yields (images, labels); ``len(loader.dataset)`` must be known when ``batch_size`` is set.
-        tokens: ``all`` or ``cls``.
-        estimator: see :func:`petlprune.analysis.cka.cka_matrix`.
-        batch_size: CKA batch size (None: all samples in one batch).
-        max_samples: use only the first ``max_samples`` samples.
-        seed: seeds the RNG while iterating (shuffling loaders).
-    """
-    if tokens not in _CHOICES["tokens"]:
-        raise ValueError(f"token_cka: tokens must be one of {_CHOICES['tokens']}, got {tokens!r}")
-    dataset = getattr(loader, "dataset", None)
-    if batch_size is not None and dataset is None:
-        raise ValueError("token_cka: cka_batch_size needs a loader with a sized `dataset`")
-    n = len(dataset) if dataset is not None else None
-    if n is not None and max_samples is not None:
-        n = min(n, max_samples)
-    sizes = batch_sizes(n, batch_size) if batch_size is not None else None  # CKA batches still to fill
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    was_training = model.training
-    model.eval()
-    acc = MinibatchCKA(estimator)
-    buffer: list[list[torch.Tensor]] = []  # per loader batch: per block (B, D)
-    buffered = seen = 0
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            for i, batch in enumerate(loader):
-                if not isinstance(batch, Sequence) or len(batch) < 1:
-                    raise ValueError(f"loader batch {i}: expected (images, labels), got {type(batch).__name__}")
-                images = batch[0]
-                if max_samples is not None:
-                    images = images[: max_samples - seen]
-                if images.shape[0] == 0:
-                    break
-                outs = model.forward_intermediates(
-                    images.to(device), norm=False, output_fmt="NLC", intermediates_only=True,
-                    return_prefix_tokens=True,
-                )  # per block: (patch (B, N, C), prefix (B, P, C))
-                # kept on the model's device in its dtype; MinibatchCKA works in float64 on that device
-                if tokens == "cls":
-                    per_block = [prefix[:, 0] for _, prefix in outs]  # (B, C)
-                else:
-                    per_block = [torch.cat([prefix, patch], 1).flatten(1) for patch, prefix in outs]  # (B, T·C)
-                buffer.append(per_block)
-                buffered += images.shape[0]
-                seen += images.shape[0]
-                while sizes and buffered >= sizes[0]:
-                    size = sizes.pop(0)
-                    merged = [torch.cat(parts) for parts in zip(*buffer, strict=True)]  # per block (buffered, D)
-                    acc.update([m[:size] for m in merged])
-                    rest = [m[size:] for m in merged]
-                    buffered -= size
-                    buffer = [rest] if buffered else []
-                if max_samples is not None and seen >= max_samples:
-                    break
-    finally:
-        model.train(was_training)
-    if batch_size is None:
-        if not buffer:
-            raise ValueError("token_cka: the loader yielded no image")
-        acc.update([torch.cat(parts) for parts in zip(*buffer, strict=True)])
-    elif sizes:
-        raise ValueError(
-            f"token_cka: the loader yielded {seen} samples, fewer than the {n} expected from len(loader.dataset) "
-            "and max_samples (a drop_last loader?)"
-        )
-    return acc.compute()
-
-
-def _cls_features(features: Any) -> np.ndarray:
-    """(L, n, d) CLS features from an array or a features.npz mapping with ``cls``."""
-    if features is None:
-        raise ValueError("method 'sglp' (tokens: cls) needs the block features (features.npz) in the scoring context")
-    if isinstance(features, Mapping):
-        if "cls" not in features:
-            raise ValueError(f"method 'sglp': features lack key 'cls' (have {sorted(features)})")
-        features = features["cls"]
-    cls = np.asarray(features.detach().cpu() if isinstance(features, torch.Tensor) else features)
-    if cls.ndim != 3:
-        raise ValueError(f"method 'sglp': features 'cls' must be (L, n, d), got shape {cls.shape}")
-    return cls
-
-
 # --------------------------------------------------------------------------------------- method
 @register("sglp")
 class SGLP(LayerPruningMethod):
     """SGLP: CKA → Fisher segmentation → per-segment GradNorm subset selection (see module docstring).
 
-    ``score`` measures everything (CKA matrix, P(N, k) curve, segments, GradNorm of every candidate
-    the requested depths need); ``plan`` is a pure look-up for a ``d{n}`` budget.
+    ``score`` measures everything (CKA matrix, P(N, k) curve, segments, GradNorm and loss of every
+    candidate the requested depths need); ``plan`` is a pure look-up for a ``d{n}`` budget.
     """
 
     needs: ClassVar[frozenset[str]] = frozenset({"features", "loader"})
 
+    @classmethod
+    def check_options(cls, raw: Mapping[str, Any]) -> dict[str, Any]:
+        """The options ``raw`` over :data:`DEFAULTS`, validated (a ValueError names the bad key)."""
+        return _options(raw)
+
     def score(self, ctx: ScoringContext) -> Scores:
         start = time.perf_counter()
-        opts = _options(ctx.options)
+        opts = self.check_options(ctx.options)
         if ctx.model is None or getattr(ctx.model, "blocks", None) is None:
             raise ValueError("method 'sglp' needs the fine-tuned model (with `blocks`) in the scoring context")
         if ctx.loader is None:
@@ -482,7 +239,7 @@ class SGLP(LayerPruningMethod):
         num_blocks = len(ctx.model.blocks)
 
         if opts["tokens"] == "cls":
-            cls = _cls_features(ctx.features)
+            cls = cls_features(ctx.features)
             if cls.shape[0] != num_blocks:
                 raise ValueError(f"method 'sglp': features hold {cls.shape[0]} blocks, the model has {num_blocks}")
             cka = cka_matrix(cls, batch_size=opts["cka_batch_size"], estimator=opts["estimator"])
@@ -508,14 +265,27 @@ class SGLP(LayerPruningMethod):
         for depth in depths:
             for s, r in enumerate(keep_counts(lengths, depth, opts["keep_rule"])):
                 needed[s].add(r)
-        batches = _fixed_batches(ctx.loader, opts["gradnorm_batches"], ctx.seed)
-        scorer = GradNormScorer(ctx.model, batches, grad_params=opts["grad_params"])
+        context = opts["context"]
+        pick = opts["pick"] or DEFAULT_PICK[context]
+        init_seed = ctx.seed if opts["init_seed"] is None else int(opts["init_seed"])
+        batches = fixed_batches(ctx.loader, opts["gradnorm_batches"], ctx.seed)
+        scorer = GradNormScorer(ctx.model, batches, context=context, seed=init_seed)
+        field = "loss" if pick == "lowest_loss" else "gradnorm"
+
+        def objective(keep: Sequence[int]) -> float:
+            return scorer(keep)[field]
+
         selection = []
         for s, (a, b) in enumerate(segments):
-            others = [i for i in range(num_blocks) if not a <= i < b] if opts["context"] == "others" else []
+            # official: the other blocks are random, only the candidate is loaded; finetuned: the
+            # other segments stay whole, so every segment is judged inside the real network
+            others = [i for i in range(num_blocks) if not a <= i < b] if context == "finetuned" else []
             choices = {}
             for r in sorted(needed[s]):
-                choice = select_subset(scorer, (a, b), r, others=others, max_subsets=opts["max_subsets"])
+                choice = select_subset(objective, (a, b), r, others=others, max_subsets=opts["max_subsets"],
+                                       maximize=pick == "largest_g")
+                winner = scorer.cache.get(tuple(sorted([*others, *choice["kept"]])), {}) if choice["networks"] else {}
+                choice.update(gradnorm=winner.get("gradnorm"), loss=winner.get("loss"))
                 # what this choice costs on its own, shared evaluations counted in full
                 choice["seconds"] = sum(scorer.seconds[tuple(net)] for net in choice["networks"])
                 choices[str(r)] = choice
@@ -529,8 +299,11 @@ class SGLP(LayerPruningMethod):
             "losses": losses,  # P(N, k), k = 1..len(losses)
             "segments": [[a, b] for a, b in segments],
             "depths": depths,
+            "context": context,
+            "pick": pick,
+            "init_seed": init_seed,
             "selection": selection,
-            "gradnorm": [{"kept": list(key), "gradnorm": g} for key, g in scorer.cache.items()],
+            "gradnorm": [{"kept": list(key), **value} for key, value in scorer.cache.items()],
             "gradnorm_samples": sum(int(y.shape[0]) for _, y in batches),
             "options": opts,
             "seconds_by_step": {"cka": t_cka - start, "segment": t_seg - t_cka, "gradnorm": t_grad - t_seg},
@@ -569,7 +342,7 @@ class SGLP(LayerPruningMethod):
         how = "auto" if scores.extra.get("k_auto") else "fixed"
         notes = (
             f"segments {seg_text} (k={scores.extra['k']}, {how}); keep per segment {counts} ({rule}); "
-            f"subsets by GradNorm, context '{scores.extra['options']['context']}'"
+            f"subsets by GradNorm, context '{scores.extra['options']['context']}', pick '{scores.extra.get('pick')}'"
         )
         extra = {"segments": [list(s) for s in segments], "keep_per_segment": counts, "keep_rule": rule, "choices": chosen}
         return Plan(self.name, budget.text, len(kept), kept, scores=list(scores.values),
