@@ -48,7 +48,7 @@ rule pretrain:
 
 
 BUNDLE_DIR = f"{R}/bundle"
-BUNDLE_COMMAND = "snakemake --cores 2 --configfile workflow/config/backbone.yaml bundle"
+BUNDLE_COMMAND = "snakemake --cores 2 bundle --configfile workflow/config/backbone.yaml"
 
 
 rule bundle:
