@@ -121,3 +121,31 @@ def test_shipped_asset_matches_its_checksum_and_provenance() -> None:
     assert (loaded["timm_model"], loaded["timm_kwargs"]) == (default["timm_model"], default["timm_kwargs"])
     assert record["config"]["backbone"]["timm_kwargs"] == default["timm_kwargs"]
     assert record["command"] and record["top1"] is not None and record["history"]
+
+
+def test_bundle_stage_then_pretrain_bundled_gives_back_the_same_backbone(tmp_path: Path) -> None:
+    from petlprune.cli import main
+    from petlprune.models.backbone import read_backbone, save_backbone
+
+    torch.manual_seed(0)
+    model = create_backbone(ARCH, TINY, num_classes=5)
+    pt = tmp_path / "vit.pt"
+    save_backbone(pt, model, timm_model=ARCH, timm_kwargs=TINY, mean=[0.5] * 3, std=[0.5] * 3)
+    history = [{"epoch": 1, "loss": 1.0, "train_top1": 0.3, "lr": 1e-3, "seconds": 1.0}]
+    pt.with_suffix(".json").write_text(json.dumps({
+        "weights": "pretrain", "timm_model": ARCH, "timm_kwargs": TINY, "top1": 0.25, "history": history,
+        "num_classes": 5, "provenance": {"git_commit": "abc", "wall_seconds": 3.0, "argv": ["petlprune"]}}))
+    assert main(["bundle", "--backbone", str(pt), "--out", str(tmp_path / "bundle"),
+                 "--config", json.dumps({"backbone": {"name": "vit"}}), "--command", "make it"]) == 0
+    asset = tmp_path / "bundle" / "vit.safetensors"
+    record = json.loads(provenance_path(asset).read_text())
+    assert record["sha256"] == verify_asset(asset) and record["command"] == "make it"
+    assert record["top1"] == 0.25 and record["history"] == history and record["git_commit"] == "abc"
+
+    out = tmp_path / "cache" / "vit.pt"
+    assert main(["pretrain", "--out", str(out), "--timm-model", ARCH, "--timm-kwargs", json.dumps(TINY),
+                 "--weights", "bundled", "--checkpoint", str(asset), "--seed", "0"]) == 0
+    assert state_fingerprint(read_backbone(out)["state_dict"]) == state_fingerprint(backbone_state_dict(model))
+    metrics = json.loads(out.with_suffix(".json").read_text())
+    assert metrics["weights"] == "bundled" and metrics["top1"] == 0.25 and metrics["sha256"] == record["sha256"]
+    assert metrics["history"] == history
