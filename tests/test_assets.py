@@ -149,3 +149,15 @@ def test_bundle_stage_then_pretrain_bundled_gives_back_the_same_backbone(tmp_pat
     metrics = json.loads(out.with_suffix(".json").read_text())
     assert metrics["weights"] == "bundled" and metrics["top1"] == 0.25 and metrics["sha256"] == record["sha256"]
     assert metrics["history"] == history
+
+
+def test_package_data_ships_every_asset_file() -> None:
+    """A normal (non-editable) install carries the assets: pyproject's package-data globs cover them."""
+    import fnmatch
+    import tomllib
+
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["petlprune"]
+    names = [f"assets/{n}" for n in ("embedded-vit.safetensors", "embedded-vit.safetensors.sha256",
+                                     "embedded-vit.json", "README.md")]
+    names += [f"assets/{p.name}" for p in bundled_path().parent.iterdir() if p.is_file()]
+    assert all(any(fnmatch.fnmatch(n, g) for g in globs) for n in names), (names, globs)
