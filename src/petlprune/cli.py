@@ -19,6 +19,7 @@ STAGES: dict[str, str] = {
     "gallery": "draw a gallery of samples per task",
     "probe": "logistic-regression probe on raw pixels (how hard is each task?)",
     "pretrain": "pretrain (or fetch) the backbone and cache it",
+    "bundle": "write a pretrained backbone as the package's asset (safetensors, sha256, provenance)",
     "finetune": "PETL fine-tuning of one task",
     "measure": "parameters, FLOPs, throughput and latency of trained models",
     "features": "per-block CLS features of a fine-tuned model, in one forward pass",

@@ -30,7 +30,7 @@ __all__ = [
     "state_fingerprint",
 ]
 
-WEIGHT_SOURCES = ("random", "timm", "file")
+WEIGHT_SOURCES = ("random", "timm", "file", "bundled")
 # Keys of our cached backbone format (results/backbone/{name}.pt).
 BACKBONE_KEYS = ("timm_model", "timm_kwargs", "state_dict", "mean", "std")
 
@@ -194,8 +194,8 @@ def create_backbone(
         weights: ``"random"`` (timm init), ``"timm"`` (timm's pretrained weights for the tag; with
             ``checkpoint`` set, read from that local file via ``pretrained_cfg_overlay``) or ``"file"``
             (a local checkpoint: our cached backbone format, a plain or wrapped state dict, or a
-            JAX ``.npz``).
-        checkpoint: local file for ``"file"`` (required) and optionally ``"timm"``.
+            JAX ``.npz``) or ``"bundled"`` (the backbone shipped with the package, see models/assets.py).
+        checkpoint: local file for ``"file"`` (required) and optionally ``"timm"`` / ``"bundled"``.
 
     Returns:
         The model; ``model.pretrained_cfg`` carries the normalisation mean/std to use with it.
@@ -207,6 +207,10 @@ def create_backbone(
     if weights not in WEIGHT_SOURCES:
         raise BackboneError(f"weights={weights!r}: expected one of {', '.join(WEIGHT_SOURCES)}")
 
+    if weights == "bundled":  # shipped in petlprune/assets (or `checkpoint`), checksum verified first
+        from petlprune.models.assets import create_bundled
+
+        return create_bundled(timm_model, timm_kwargs, num_classes=num_classes, path=checkpoint)
     if weights == "random":
         model = _create(timm_model, timm_kwargs, num_classes)
     elif weights == "timm":

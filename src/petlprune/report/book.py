@@ -7,6 +7,7 @@ generated/summary.ipynb                 results/notebooks/summary.ipynb
 generated/tasks/{task}.ipynb            results/notebooks/{task}.ipynb
 generated/results/{task}/{NN}-{method}.ipynb   results/notebooks/{task}/{method}.ipynb (NN: table order)
 generated/data.md, gallery.png          task table from results/data/*/meta.json, the data gallery
+generated/backbone.md, backbone_curve.png   the backbone's source, top-1 and pretraining curve
 generated/provenance.md, rulegraph.png  commits, versions, devices, config, rule graph
 generated/benchmarks.md                 results/benchmarks-suite/*.json (benchmarks/*.py; absent: how to run)
 ```
@@ -25,6 +26,7 @@ import nbformat
 import pandas as pd
 
 from petlprune.io import read_json
+from petlprune.report.backbone_section import backbone_page
 from petlprune.report.benchmarks import benchmarks_page
 from petlprune.report.load import collect_provenance
 from petlprune.report.rulegraph import parse_rulegraph, rulegraph_figure
@@ -213,6 +215,7 @@ def assemble_book(
             prepare_notebook(nb, dst, f"{task}: {method_label(method)}")
             placed.append(dst)
         (tmp / "data.md").write_text(data_page(results_dir, tmp))
+        (tmp / "backbone.md").write_text(backbone_page(results_dir, tmp))
         (tmp / "provenance.md").write_text(
             provenance_page(results_dir, tmp, [Path(c) for c in configs], Path(rulegraph) if rulegraph else None,
                             effective_config))

@@ -3,7 +3,8 @@
 ``--weights pretrain`` trains the whole ViT from scratch on the generated fractal source (its
 ``train.txt``; top-1 on its ``test.txt`` is reported), ``random`` keeps timm's initialisation (the
 random-backbone control), ``timm`` takes timm's pretrained weights for a tag (``--checkpoint`` for a
-local copy), ``file`` a local checkpoint. The result is written as ``{"timm_model", "timm_kwargs",
+local copy), ``file`` a local checkpoint, ``bundled`` the backbone shipped in ``petlprune/assets``
+(``--checkpoint`` for another asset file; its checksum is verified first). The result is written as ``{"timm_model", "timm_kwargs",
 "state_dict" (no head), "mean", "std"}`` plus ``NAME.json`` with metrics and provenance.
 """
 
@@ -19,8 +20,7 @@ from petlprune.stages.finetune import num_classes_of
 
 __all__ = ["add_arguments", "run", "pretrain"]
 
-WEIGHTS = ("pretrain", "random", "timm", "file")
-
+WEIGHTS = ("pretrain", "random", "timm", "file", "bundled")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -87,6 +87,20 @@ def pretrain(
     return model.cpu(), metrics
 
 
+def _bundled_metrics(checkpoint: Path | None) -> dict[str, Any]:
+    """What the bundled asset's provenance JSON says about its pretraining (source, top-1, curve)."""
+    import json
+
+    from petlprune.models.assets import bundled_path, provenance_path, sha256_of
+
+    asset = bundled_path(checkpoint)
+    record = json.loads(provenance_path(asset).read_text()) if provenance_path(asset).is_file() else {}
+    return {"source": str(asset), "sha256": sha256_of(asset), "top1": record.get("top1"),
+            "source_name": record.get("source_name"), "num_classes": record.get("num_classes"),
+            "n_train": record.get("n_train"), "history": record.get("history"),
+            "asset_provenance": {k: record.get(k) for k in ("git_commit", "wall_seconds", "command")}}
+
+
 def run(args: argparse.Namespace) -> None:
     from petlprune.io import atomic_write_json, provenance
     from petlprune.models.backbone import create_backbone, data_config, save_backbone
@@ -105,6 +119,8 @@ def run(args: argparse.Namespace) -> None:
         model = create_backbone(args.timm_model, args.timm_kwargs, num_classes=0, weights=args.weights,
                                 checkpoint=args.checkpoint)
         metrics = {"source": None if args.checkpoint is None else str(args.checkpoint), "top1": None}
+        if args.weights == "bundled":
+            metrics = _bundled_metrics(args.checkpoint)
     dc = data_config(model)
     save_backbone(args.out, model, timm_model=args.timm_model, timm_kwargs=args.timm_kwargs,
                   mean=dc["mean"], std=dc["std"])
