@@ -37,11 +37,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from petlprune.methods.base import Budget, Plan, Scores, ScoringContext, register
+from petlprune.methods.base import Budget, DeclaredOptions, Option, Plan, Scores, ScoringContext, register
 
 __all__ = ["DepGraph", "block_units", "pruned_params", "keep_counts", "slice_model"]
 
-_DEFAULTS = {"batches": 4}
 
 
 def _base(module: Any) -> Any:
@@ -101,7 +100,7 @@ def _top(values: np.ndarray, k: int) -> list[int]:
 
 
 @register("depgraph")
-class DepGraph:
+class DepGraph(DeclaredOptions):
     """Width pruning of the frozen backbone (see the module docstring).
 
     Option ``batches`` (default 4): training batches the Taylor gradient is summed over.
@@ -110,15 +109,13 @@ class DepGraph:
     name: ClassVar[str] = "depgraph"
     budget_kinds: ClassVar[tuple[str, ...]] = ("depth",)
     needs: ClassVar[frozenset[str]] = frozenset({"loader"})
+    option_specs: ClassVar[tuple[Option, ...]] = (
+        Option("batches", "int", 4, minimum=1, doc="training batches the Taylor gradient is summed over"),
+    )
 
     def score(self, ctx: ScoringContext) -> Scores:
         start = time.perf_counter()
-        unknown = sorted(set(ctx.options) - set(_DEFAULTS))
-        if unknown:
-            raise ValueError(f"method 'depgraph': unknown option(s) {unknown} (allowed: batches)")
-        batches = {**_DEFAULTS, **ctx.options}["batches"]
-        if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
-            raise ValueError(f"method 'depgraph': option 'batches' must be a positive integer, got {batches!r}")
+        batches = self.check_options(ctx.options)["batches"]
         if ctx.loader is None:
             raise ValueError("method 'depgraph' needs a data loader in the scoring context")
         import torch.nn.functional as F

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from petlprune.methods.base import Budget, Plan, Scores, ScoringContext, register
+from petlprune.methods.base import Budget, Option, OptionError, Plan, Scores, ScoringContext, check_declared, register
 
 __all__ = ["CRITERIA", "SPA_DEFAULTS", "SPA", "FinePruning", "channel_scores", "unit_scores", "prune_step",
            "density_of"]
@@ -188,23 +188,29 @@ class _Batches:
         return itertools.islice(iter(self.loader), len(self))
 
 
+SPA_OPTIONS: tuple[Option, ...] = (
+    Option("criterion", "str", SPA_DEFAULTS["criterion"], choices=CRITERIA),
+    Option("densities", "numbers", SPA_DEFAULTS["densities"], minimum=0.0, maximum=1.0),
+    Option("step", "number", SPA_DEFAULTS["step"]),
+    Option("batches", "int", SPA_DEFAULTS["batches"], minimum=1, nullable=True),
+    Option("recover", "mapping", SPA_DEFAULTS["recover"], doc="TrainConfig of each recovery"),
+    Option("recover_batches", "int", SPA_DEFAULTS["recover_batches"], minimum=1, nullable=True),
+    Option("retrain_lr", "number", SPA_DEFAULTS["retrain_lr"], minimum=0.0, nullable=True),
+)
+
+
 def _options(name: str, options: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(options) - set(SPA_DEFAULTS))
-    if unknown:
-        raise ValueError(f"method {name!r}: unknown option(s) {unknown} (allowed: {', '.join(SPA_DEFAULTS)})")
-    opts = {**SPA_DEFAULTS, **options}
-    if opts["criterion"] not in CRITERIA:
-        raise ValueError(f"method {name!r}: criterion {opts['criterion']!r} not one of {CRITERIA}")
+    opts = check_declared(name, SPA_OPTIONS, options)
     if not 0 < float(opts["step"]) < 1:
-        raise ValueError(f"method {name!r}: step must be in (0, 1), got {opts['step']!r}")
+        raise OptionError(f"method {name!r}: step must be in (0, 1), got {opts['step']!r}", "step")
     dens = [float(d) for d in opts["densities"]]
-    if not dens or not all(0 < d < 1 for d in dens):
-        raise ValueError(f"method {name!r}: densities must be in (0, 1), got {opts['densities']!r}")
+    if not all(0 < d < 1 for d in dens):
+        raise OptionError(f"method {name!r}: densities must be in (0, 1), got {opts['densities']!r}", "densities")
     steps = [(1 - d) / float(opts["step"]) for d in dens]
     off = [d for d, s in zip(dens, steps, strict=True) if abs(s - round(s)) > 1e-6]
     if off:  # the schedule would stop at the nearest step and file its masks under the wrong density
-        raise ValueError(f"method {name!r}: densities {off} are not reached by steps of {opts['step']} "
-                         "(1 - density must be a multiple of step)")
+        raise OptionError(f"method {name!r}: densities {off} are not reached by steps of {opts['step']} "
+                          "(1 - density must be a multiple of step)", "densities")
     opts["densities"] = sorted(set(dens), reverse=True)
     return opts
 
@@ -216,6 +222,16 @@ class SPA:
     budget_kinds: ClassVar[tuple[str, ...]] = ("density",)
     needs: ClassVar[frozenset[str]] = frozenset({"loader"})
     trains_backbone: ClassVar[bool] = False
+
+    def check_options(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """The options ``score`` runs with (declared in :data:`SPA_OPTIONS`), checked."""
+        return _options(self.name, raw)
+
+    def check_budget(self, budget: Budget, opts: dict[str, Any]) -> None:
+        """A density budget must be one the schedule records (``densities``)."""
+        if not any(abs(float(budget.value) - d) < 1e-9 for d in opts["densities"]):
+            raise ValueError(f"method {self.name!r}: no masks for {budget.text}: add {budget.value:g} to the "
+                             f"instance's 'densities' (has {[f'{d:g}' for d in opts['densities']]})")
 
     def _prepare(self, model: Any) -> Any:
         """Make the model the one the schedule prunes (fine-pruning fuses C R into W here)."""
