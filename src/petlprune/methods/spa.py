@@ -222,6 +222,7 @@ class SPA:
     budget_kinds: ClassVar[tuple[str, ...]] = ("density",)
     needs: ClassVar[frozenset[str]] = frozenset({"loader"})
     trains_backbone: ClassVar[bool] = False
+    reshapes_backbone: ClassVar[bool] = True  # deployed sliced: measure also reports it stored whole
 
     def check_options(self, raw: dict[str, Any]) -> dict[str, Any]:
         """The options ``score`` runs with (declared in :data:`SPA_OPTIONS`), checked."""
