@@ -18,6 +18,9 @@ channels globally, lowest normalised score first, never a layer's last unit; rec
 every target density go to the Scores' npz sidecar, so ``plan`` is a look-up. The recovery epochs are
 part of the decision cost (``Scores.seconds`` -> ``Plan.decision_seconds``); the recovered weights are
 dropped: the prune stage re-trains the fine-tuned model under the final masks with the common recipe.
+``keep_recovered: true`` (a control arm) keeps them instead: the task weights the schedule holds when
+it reaches each density (after the recoveries of the earlier steps) go into the Plan
+(``extra["recovered"]``), ``apply`` loads them, and re-training starts from there.
 
 ``fine_pruning``: the same masks, criteria and schedule from the same SPLoRA fine-tuned model, but
 C R is fused into W and W itself is trained (a whole pruned backbone per task).
@@ -53,6 +56,9 @@ SPA_DEFAULTS: dict[str, Any] = {
     # train800 -> val200, never on test); epochs and data stay shared.
     "retrain_lr": None,
 }
+
+
+_RECOVERED = "recovered_p"  # npz key prefix of the task weights at a density (keep_recovered)
 
 
 def _density_key(d: float) -> str:
@@ -196,6 +202,9 @@ SPA_OPTIONS: tuple[Option, ...] = (
     Option("recover", "mapping", SPA_DEFAULTS["recover"], doc="TrainConfig of each recovery"),
     Option("recover_batches", "int", SPA_DEFAULTS["recover_batches"], minimum=1, nullable=True),
     Option("retrain_lr", "number", SPA_DEFAULTS["retrain_lr"], minimum=0.0, nullable=True),
+    # the control arm: re-train from the weights the schedule reached at each density (recovered over
+    # the earlier steps), instead of from the fine-tuned model under the final masks
+    Option("keep_recovered", "bool", False),
 )
 
 
@@ -272,6 +281,10 @@ class SPA:
                 if kd == k:
                     masks = get_masks(model)
                     arrays[_density_key(d)] = np.concatenate([masks[n].numpy() for n in groups]).astype(np.uint8)
+                    if opts["keep_recovered"]:
+                        from petlprune.models.petl import task_state_dict
+
+                        arrays.update({f"{_RECOVERED}{d:g}:{n}": t.numpy() for n, t in task_state_dict(model).items()})
                     reached[f"{d:g}"] = dens
             if k < max(targets.values()):  # the last step's recovery would be thrown away
                 hist = fit(model, _Batches(ctx.loader, opts["recover_batches"]), recover, device=ctx.device,
@@ -287,7 +300,7 @@ class SPA:
             "criterion": opts["criterion"], "step": step, "densities": reached, "history": history,
             "groups": [[n, g["units"], g["width"]] for n, g in groups.items()], "depth": len(model.blocks),
             "total_channels": total, "recover": recover.to_dict(), "recover_batches": opts["recover_batches"],
-            "retrain_lr": opts["retrain_lr"],
+            "retrain_lr": opts["retrain_lr"], "keep_recovered": opts["keep_recovered"],
             "units": "values: per-unit normalised scores of the first step, groups in order",
         }
         return Scores(self.name, first or [], extra, time.perf_counter() - start, arrays)
@@ -306,6 +319,8 @@ class SPA:
             masks[name] = bits[i:i + units]
             i += units
         depth = int(scores.extra["depth"])
+        prefix = f"{_RECOVERED}{float(budget.value):g}:"
+        recovered = {k.removeprefix(prefix): v.tolist() for k, v in scores.arrays.items() if k.startswith(prefix)}
         dens = scores.extra["densities"][f"{float(budget.value):g}"]
         notes = (f"{scores.extra['criterion']} criterion, {len(scores.extra['history'])} steps of "
                  f"{scores.extra['step']:g}; kept {dens['channels']:.1%} of channels, {dens['weights']:.1%} of weights")
@@ -313,14 +328,25 @@ class SPA:
                     decision_seconds=scores.seconds, notes=notes,
                     extra={"criterion": scores.extra["criterion"], "density_channels": dens["channels"],
                            "density_weights": dens["weights"], "stores_backbone": self.trains_backbone,
-                           "retrain_lr": scores.extra.get("retrain_lr")})
+                           "retrain_lr": scores.extra.get("retrain_lr"), "recovered": recovered or None})
 
     def apply(self, model: Any, plan: Plan) -> Any:
         from petlprune.models.splora import set_masks
 
         if plan.masks is None:
             raise ValueError(f"plan {plan.method} {plan.budget}: no masks")
-        return set_masks(self._prepare(model), plan.masks)
+        model = set_masks(self._prepare(model), plan.masks)
+        recovered = (plan.extra or {}).get("recovered")
+        if recovered:  # keep_recovered: start from the schedule's weights at this density
+            import torch
+
+            from petlprune.models.petl import load_task_state_dict, mark_trainable
+
+            # the task tensors the schedule trained and stored (fine-pruning: W too)
+            getattr(self, "mark_trainable", lambda m, petl: mark_trainable(m, petl))(model, "splora")
+            load_task_state_dict(model, {k: torch.tensor(v) for k, v in recovered.items()},
+                                 source=f"plan {plan.method} {plan.budget} recovered weights")
+        return model
 
     def retrain_config(self, cfg: Any, plan: Plan) -> Any:
         """The shared re-training recipe, with this instance's ``retrain_lr`` if it set one."""
