@@ -152,3 +152,36 @@ def test_matched_budgets_need_matched_alpha(tmp_path: Path) -> None:
     result = snakemake_dry_run(cfg, tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode != 0 and "config key matched_alpha: budgets.last_k uses 'matched'" in output, output[-2000:]
+
+
+def test_per_petl_recipe_overrides_only_that_petl(tmp_path: Path) -> None:
+    cfg = _set(smoke(), "petl.recipes", {"splora": {"finetune": {"lr": 0.0123}, "retrain": {"epochs": 7}}})
+    cfg_path = tmp_path / "config.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "-p", "--nolock", "--cores", "1", "--configfile", str(cfg_path),
+         "--directory", str(ROOT), "-s", str(ROOT / "Snakefile")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    commands = [line for line in result.stdout.splitlines() if "petlprune " in line]  # "Shell command: ..."
+    finetune = {p: [c for c in commands if "petlprune finetune" in c and f"--petl {p} " in c]
+                for p in ("adapter", "splora")}
+    assert finetune["splora"] and all('"lr": 0.0123' in c for c in finetune["splora"])
+    assert finetune["adapter"] and not any("0.0123" in c for c in finetune["adapter"])
+    prune = [c for c in commands if "petlprune prune" in c]
+    splora_runs = [c for c in prune if "/splora/" in c]
+    assert splora_runs and all('"epochs": 7' in c for c in splora_runs)
+    assert not any('"epochs": 7' in c for c in prune if "/adapter/" in c)
+
+
+@pytest.mark.parametrize("recipes, culprit", [
+    ({"splora": {"finetune": {"lrr": 0.01}}}, "lrr"),
+    ({"splora": {"finetune": {"lr": "fast"}}}, "fast"),
+    ({"lora": {"finetune": {"lr": 0.01}}}, "config key petl.recipes.lora"),
+], ids=["typo", "wrong type", "petl never fine-tuned"])
+def test_bad_per_petl_recipe_names_the_key(recipes, culprit, tmp_path: Path) -> None:
+    result = snakemake_dry_run(_set(smoke(), "petl.recipes", recipes), tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and culprit in output, output[-2000:]
+    assert "Job stats" not in output

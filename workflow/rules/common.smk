@@ -59,6 +59,12 @@ def check_config():
             f"config key matched_alpha: {alpha!r} is not an SLS budget (budgets.sls: {sls_alphas}); "
             "'matched' takes the depth SLS chose at that alpha"
         )
+    for petl in config["petl"].get("recipes", {}):
+        if petl not in ALL_PETLS:
+            raise ValueError(
+                f"config key petl.recipes.{petl}: {petl!r} is never fine-tuned in this config "
+                f"(fine-tuned: {', '.join(ALL_PETLS)})"
+            )
     # Each instance's options and budgets, through the method's own declarations (methods/base.py).
     for instance, opts in config["methods"].items():
         check_method_config(instance, registered_method(instance), method_options(method_keys(instance)[0]),
@@ -99,6 +105,13 @@ def method_options(key):
         if alphas:
             opts["alpha"] = min(alphas)
     return opts
+
+
+def recipe(stage, petl):
+    """The training recipe of ``stage`` ('finetune' or 'retrain') for PETL ``petl``: the shared one,
+    with that PETL's overrides from petl.recipes."""
+    own = config["petl"].get("recipes", {}).get(petl, {}).get(stage, {})
+    return {**config[stage], **own}
 
 
 def matched_plan():
