@@ -203,6 +203,12 @@ class ScoringContext:
 
 @runtime_checkable
 class Method(Protocol):
+    """What the stages call. Optional hooks, looked up with ``getattr``: ``check_options(raw) -> dict``
+    (every registered method has one: ``DeclaredOptions`` builds it from ``option_specs``; the
+    workflow calls it through ``check_method_config`` before any job runs), ``check_budget(budget,
+    options)``, ``reshapes_backbone`` (measure's ``params_stored_as_model``), ``deploy``,
+    ``mark_trainable``, ``retrain_loss``, ``retrain_config``."""
+
     name: str
     budget_kinds: tuple[str, ...]
     needs: frozenset[str]  # subset of {"features", "loader"}: what score() reads besides the model
