@@ -70,7 +70,7 @@ def test_random_reproducible_per_seed_and_draw_and_uniform() -> None:
     for draw in range(1000):
         freq[kept(7, draw)] += 1
     assert np.all(np.abs(freq / 1000 - 0.5) < 0.06), freq
-    with pytest.raises(ValueError, match="'draw' must be an integer >= 0"):
+    with pytest.raises(ValueError, match="'draw' must be >= 0"):
         method.score(ScoringContext(model=model, options={"draw": -1}))
 
 
@@ -163,11 +163,11 @@ def test_taylor_layer_adapter_scope_ranks_zeroed_adapter_last() -> None:
 
 def test_options_are_checked() -> None:
     model = tiny_vit(depth=2)
-    with pytest.raises(ValueError, match=r"unknown option\(s\) \['batch'\] \(allowed: batches, scope\)"):
+    with pytest.raises(ValueError, match=r"unknown option 'batch' \(allowed: batches, scope\)"):
         get("taylor_layer").score(ScoringContext(model=model, loader=tiny_loader(), options={"batch": 2}))
-    with pytest.raises(ValueError, match="'scope' must be 'adapter' or 'block'"):
+    with pytest.raises(ValueError, match=r"'scope' must be one of \['adapter', 'block'\]"):
         get("taylor_layer").score(ScoringContext(model=model, loader=tiny_loader(), options={"scope": "x"}))
-    with pytest.raises(ValueError, match="'batches' must be a positive integer"):
+    with pytest.raises(ValueError, match="'batches' must be >= 1"):
         get("block_influence").score(ScoringContext(model=model, loader=tiny_loader(), options={"batches": 0}))
     with pytest.raises(ValueError, match="unknown option"):
         get("last_k").score(ScoringContext(model=model, options={"draw": 1}))

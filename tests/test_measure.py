@@ -108,16 +108,18 @@ def test_stored_sharing_map_counts_shared_adapter_once_and_p_integers():
                    "total": 2 * ADAPTER_PARAMS + HEAD_PARAMS + 1 + DEPTH}
 
 
-def test_stored_full_finetune_and_width_pruning_store_the_backbone():
+def test_stored_full_finetune_stores_the_backbone_width_pruning_only_its_bits():
     full = stored_params(None, tiny_vit("full"))
     assert full == {"petl": 0, "head": HEAD_PARAMS, "plan": 0, "backbone": BACKBONE_PARAMS,
                     "total": BACKBONE_PARAMS + HEAD_PARAMS}
+    # DepGraph's slice of the frozen backbone is re-derived from the shared backbone and its kept
+    # channels: the task stores adapters + head + one bit per channel, never the pruned backbone.
     masks = {f"blocks.{i}.mlp.fc1": [1] * 40 + [0] * 8 for i in range(DEPTH)}  # 144 bits -> 5 words
     plan = Plan("depgraph", "d3", DEPTH, [0, 1, 2], masks=masks)
     got = stored_params(plan, tiny_vit("adapter"))
     assert got == {"petl": DEPTH * ADAPTER_PARAMS, "head": HEAD_PARAMS, "plan": 1 + 5,
-                   "backbone": BACKBONE_PARAMS, "total": DEPTH * ADAPTER_PARAMS + HEAD_PARAMS + 6 + BACKBONE_PARAMS}
-    assert stored_params(plan, tiny_vit("adapter"), stores_backbone=False)["backbone"] == 0
+                   "backbone": 0, "total": DEPTH * ADAPTER_PARAMS + HEAD_PARAMS + 6}
+    assert stored_params(plan, tiny_vit("adapter"), stores_backbone=True)["backbone"] == BACKBONE_PARAMS
 
 
 # ---------------------------------------------------------------------------------------- plan_cost
@@ -222,3 +224,113 @@ def test_measure_model_writes_the_contract_format():
     assert got["stored_breakdown"] == {"petl": 2 * ADAPTER_PARAMS, "head": HEAD_PARAMS, "plan": 1, "backbone": 0}
     assert set(got["throughput"]) == {"1", "2"}
     assert got["threads"] == torch.get_num_threads() and got["device"] == "cpu"
+
+
+# ------------------------------------------------- one storage convention, recomputed per method
+# For each method: score -> plan -> apply -> save a task checkpoint -> `petlprune measure`; then the
+# stored count is recomputed here from the checkpoint's own tensors and the Plan's bits alone.
+
+_KW = {"img_size": 16, "patch_size": 8, "embed_dim": 12, "depth": 3, "num_heads": 2}
+_METHODS = {  # method -> (PETL, PETL options, method options, budget)
+    "last_k": ("adapter", {}, {}, "d2"),
+    "random": ("adapter", {}, {"draw": 0}, "d2"),
+    "depgraph": ("adapter", {}, {"batches": 1}, "d2"),
+    "pear": ("adapter", {}, {"batches": 1}, "r0.5"),
+    "adapter_drop": ("adapter", {}, {"batches": 1}, "r0.5"),
+    "spa": ("splora", {"rank": 2}, {"densities": [0.5], "step": 0.25, "batches": 1, "recover_batches": 1,
+                                    "recover": {"epochs": 1, "lr": 1e-3, "weight_decay": 0.0, "warmup_epochs": 0,
+                                                "batch_size": 8}}, "p0.5"),
+    "fine_pruning": ("splora", {"rank": 2}, {"densities": [0.5], "step": 0.25, "batches": 1, "recover_batches": 1,
+                                             "recover": {"epochs": 1, "lr": 1e-3, "weight_decay": 0.0,
+                                                         "warmup_epochs": 0, "batch_size": 8}}, "p0.5"),
+}
+
+
+def _splora_kept(plan: dict, state: dict) -> dict[str, tuple[int, int]]:
+    """{SPLoRA layer: (kept output rows, kept input columns)} from the Plan's unit masks and tensor shapes."""
+    kept = {}
+    for group, bits in (plan.get("masks") or {}).items():
+        units = sum(int(b) for b in bits)
+        if group.endswith(".mlp"):
+            fc1, fc2 = f"{group}.fc1", f"{group}.fc2"
+            kept[fc1] = (units, state[f"{fc1}.adapter.R"].shape[1])
+            kept[fc2] = (state[f"{fc2}.adapter.C"].shape[0], units)
+        else:  # heads: every channel of a kept head, q, k and v rows of qkv
+            qkv, proj = f"{group}.qkv", f"{group}.proj"
+            head_dim = state[f"{qkv}.adapter.C"].shape[0] // (3 * len(bits))
+            kept[qkv] = (3 * head_dim * units, state[f"{qkv}.adapter.R"].shape[1])
+            kept[proj] = (state[f"{proj}.adapter.C"].shape[0], head_dim * units)
+    return kept
+
+
+def _recomputed_stored(ckpt: dict) -> int:
+    plan, state = ckpt["plan"], ckpt["state_dict"]
+    layers = _splora_kept(plan, state) if ckpt["petl"] == "splora" else {}
+    total = 0
+    for name, t in state.items():
+        layer, _, leaf = name.rpartition(".")
+        layer = layer.removesuffix(".adapter").removesuffix(".base")
+        if layer in layers and (leaf in ("C", "R") or name.endswith(("adapter.bias", "base.weight"))):
+            n_out, n_in = layers[layer]
+            if leaf == "C":  # (out, r)
+                total += n_out * t.shape[1]
+            elif leaf == "R":  # (r, in)
+                total += t.shape[0] * n_in
+            else:  # the adapter's bias: kept outputs; fine-pruning's trained W: kept rows x columns
+                total += n_out if leaf == "bias" else n_out * n_in
+        else:
+            total += t.numel()
+    kept = plan["kept_blocks"]
+    total += 1 if kept == list(range(len(kept))) else len(kept)  # a prefix is its depth
+    if plan.get("sharing"):
+        total += len(plan["scores"])  # one serving position per adapter position
+    bits = sum(len(b) for b in (plan.get("masks") or {}).values())
+    return total + math.ceil(bits / 32)
+
+
+@pytest.fixture(scope="module")
+def stored_runs(tmp_path_factory):
+    from petlprune.cli import main
+    from petlprune.io import load_checkpoint, read_json
+    from petlprune.methods import Budget, ScoringContext, get
+    from petlprune.models.backbone import create_backbone, save_backbone
+    from petlprune.models.build import build_model, load_task_model, save_task_model
+
+    tmp = tmp_path_factory.mktemp("stored")
+    torch.manual_seed(0)
+    backbone = tmp / "backbone.pt"
+    save_backbone(backbone, create_backbone("vit_tiny_patch16_224", _KW, num_classes=1),
+                  timm_model="vit_tiny_patch16_224", timm_kwargs=_KW, mean=[0.5] * 3, std=[0.5] * 3)
+    data = torch.utils.data.TensorDataset(torch.randn(16, 3, 16, 16), torch.arange(16) % CLASSES)
+    loader = torch.utils.data.DataLoader(data, batch_size=8)
+    runs = {}
+    for method, (petl, petl_opts, opts, budget) in _METHODS.items():
+        model = build_model(backbone, petl=petl, petl_options=petl_opts, num_classes=CLASSES)
+        m = get(method)
+        scores = m.score(ScoringContext(model=model, loader=loader, options=opts, seed=0))
+        plan = m.plan(scores, Budget.parse(budget))
+        model = m.apply(build_model(backbone, petl=petl, petl_options=petl_opts, num_classes=CLASSES), plan)
+        out = tmp / method
+        save_task_model(out / "model.pt", model, backbone=backbone, petl=petl, petl_options=petl_opts,
+                        num_classes=CLASSES, plan=plan)
+        assert main(["measure", "--backbone", str(backbone), "--image-size", "16", "--batch-sizes", "1",
+                     "--warmup", "0", "--repeats", "1", str(out)]) == 0
+        loaded, info = load_task_model(out / "model.pt", backbone)
+        deploy = getattr(m, "deploy", None)
+        as_model = deploy(loaded, plan) if deploy else loaded
+        runs[method] = (load_checkpoint(out / "model.pt"), read_json(out / "efficiency.json"),
+                        sum(p.numel() for p in as_model.parameters()))
+    return runs
+
+
+@pytest.mark.parametrize("method", list(_METHODS))
+def test_stored_params_recomputed_from_the_checkpoint_and_plan_bits(stored_runs, method):
+    ckpt, eff, forward = stored_runs[method]
+    assert eff["params_stored"] == _recomputed_stored(ckpt)
+    assert eff["stored_breakdown"]["backbone"] == (
+        sum(n * i for n, i in _splora_kept(ckpt["plan"], ckpt["state_dict"]).values()) if method == "fine_pruning" else 0
+    )  # a frozen backbone is never charged; fine-pruning's trained W slices are
+    if method in ("depgraph", "spa", "fine_pruning"):  # they change the backbone's shapes
+        assert eff["params_stored_as_model"] == forward > eff["params_stored"]
+    else:
+        assert eff["params_stored_as_model"] is None

@@ -201,6 +201,29 @@ def test_kc_init_averages_weights_and_reloads_from_the_plan(tmp_path):
     assert all(rpos[int(p)].adapter is rpos[q].adapter for p, q in plan.sharing.items())
 
 
+def test_kc_scale_only_rescales_each_serving_adapter_by_its_kc_init_weight():
+    """The damping control: the same plan as kc-init, but every serving adapter is only multiplied by
+    the weight kc-init gives that adapter itself; nothing of the adapters it replaces enters it."""
+    model, ref = tiny_model(), tiny_model()
+    before = [{k: v.clone() for k, v in w.adapter.state_dict().items()} for w in adapter_positions(model)]
+    scale_plan = pear_plan(model, share="nearest", kc="scale")
+    init_plan = pear_plan(ref, share="nearest", kc="init")
+    assert scale_plan.sharing == init_plan.sharing  # the same importance, the same decision
+    assert scale_plan.extra["kc_init_weights"] == init_plan.extra["kc_init_weights"]
+    pos = adapter_positions(get("pear").apply(model, scale_plan))
+    serving = {int(q): ws for q, ws in scale_plan.extra["kc_init_weights"].items()}
+    assert serving and all(0 < ws[str(q)] < 1 for q, ws in serving.items())
+    for p in range(len(pos)):
+        q = int(scale_plan.sharing.get(str(p), p))  # the adapter now running at position p
+        factor = serving[q][str(q)] if q in serving else 1.0  # a kept adapter that serves nobody: untouched
+        for name, value in pos[p].adapter.state_dict().items():
+            torch.testing.assert_close(value, factor * before[q][name], rtol=0, atol=0)
+    # and it is not kc-init: the served adapters' weights are not averaged in
+    init_pos = adapter_positions(get("pear").apply(ref, init_plan))
+    q = next(iter(serving))
+    assert any(not torch.allclose(v, init_pos[q].adapter.state_dict()[k]) for k, v in pos[q].adapter.state_dict().items())
+
+
 def test_adapter_drop_removes_adapters():
     model = tiny_model()
     plan = pear_plan(model, method="adapter_drop")

@@ -116,6 +116,46 @@ def _unknown_method(env, tmp_path):
     expect_config_failure(lambda c: {**c, "methods": {**c["methods"], "magic_prune": {}}}, "magic_prune", tmp_path)
 
 
+def _with_method(c: dict, instance: str, **options) -> dict:
+    return {**c, "methods": {**c["methods"], instance: {**c["methods"][instance], **options}}}
+
+
+def _with_budgets(c: dict, instance: str, budgets: list[str]) -> dict:
+    return {**c, "budgets": {**c["budgets"], instance: budgets}}
+
+
+def _method_option_typo(env, tmp_path):
+    spa = {k: v for k, v in _smoke()["methods"]["spa"].items() if k != "densities"}
+    expect_config_failure(lambda c: {**c, "methods": {**c["methods"], "spa": {**spa, "densites": [0.5]}}},
+                          "config key methods.spa.densites: method 'spa': unknown option 'densites'", tmp_path)
+
+
+def _method_option_wrong_type(env, tmp_path):
+    expect_config_failure(lambda c: _with_method(c, "pear", batches="two"),
+                          "config key methods.pear.batches: method 'pear': option 'batches' must be of type int",
+                          tmp_path)
+
+
+def _method_option_not_allowed(env, tmp_path):
+    expect_config_failure(lambda c: _with_method(c, "pear", kc="magic"),
+                          "config key methods.pear.kc: method 'pear': option 'kc' must be one of", tmp_path)
+
+
+def _budget_kind_not_taken(env, tmp_path):
+    expect_config_failure(lambda c: _with_budgets(c, "pear", ["d4"]),
+                          "config key budgets.pear: method 'pear' takes ratio (r…) budgets, not 'd4'", tmp_path)
+
+
+def _density_not_scheduled(env, tmp_path):
+    expect_config_failure(lambda c: _with_budgets(c, "spa", ["p0.5", "p0.3"]),
+                          "config key budgets.spa: method 'spa': no masks for p0.3", tmp_path)
+
+
+def _matched_alpha_not_an_sls_budget(env, tmp_path):
+    expect_config_failure(lambda c: {**c, "matched_alpha": "a0.1"},
+                          "config key matched_alpha: 'a0.1' is not an SLS budget", tmp_path)
+
+
 def _missing_dataset_folder(env, tmp_path):
     missing = tmp_path / "no-such-task"
     expect_stage_failure(_finetune_argv(missing, env["backbone"], tmp_path / "out"), ValueError,
@@ -202,6 +242,14 @@ BAD_INPUTS: dict[str, Case] = {
     "unknown config key": Case(_unknown_config_key, "test_config.py::test_bad_config_fails_before_any_job_naming_the_key"),
     "wrong type": Case(_wrong_type, "test_config.py::test_bad_config_fails_before_any_job_naming_the_key"),
     "unknown method": Case(_unknown_method, "test_config.py::test_bad_config_fails_before_any_job_naming_the_key"),
+    "method option typo": Case(_method_option_typo, "test_config.py::test_bad_method_config_names_the_key"),
+    "method option of the wrong type": Case(_method_option_wrong_type, "test_config.py::test_bad_method_config_names_the_key"),
+    "method option value not allowed": Case(_method_option_not_allowed, "test_config.py::test_bad_method_config_names_the_key"),
+    "budget kind the method does not take": Case(_budget_kind_not_taken, "test_config.py::test_bad_method_config_names_the_key"),
+    "density budget the schedule does not record": Case(_density_not_scheduled,
+                                                        "test_config.py::test_bad_method_config_names_the_key"),
+    "matched_alpha not an SLS budget": Case(_matched_alpha_not_an_sls_budget,
+                                            "test_config.py::test_matched_alpha_must_be_an_sls_budget"),
     "missing dataset folder": Case(_missing_dataset_folder, "test_data_vtab.py::test_missing_folder"),
     "list file names a missing image": Case(_list_file_missing_image, "test_data_vtab.py::test_real_vtab_layout_and_import"),
     "corrupt image": Case(_corrupt_image, "test_data_vtab.py::test_corrupt_image_lazy_and_cached, ::test_truncated_image"),

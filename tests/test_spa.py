@@ -128,6 +128,28 @@ def test_schedule_plan_apply(model, loader, name):
         assert torch.allclose(sliced(x), ref, atol=1e-5)
 
 
+def test_keep_recovered_starts_from_the_schedules_weights_at_the_density(model, loader):
+    from petlprune.models.petl import task_state_dict
+
+    options = {"densities": [0.75, 0.5], "step": 0.25, "keep_recovered": True,
+               "recover": {"epochs": 1, "lr": 0.01, "weight_decay": 0.0, "warmup_epochs": 0, "batch_size": 6}}
+    work = copy.deepcopy(model)
+    scores = get("spa").score(ScoringContext(model=work, loader=loader, options=options))
+    plan = Plan.from_dict(Plan(**get("spa").plan(scores, Budget.parse("p0.5")).to_dict()).to_dict())  # via JSON
+    # p0.5 is the last step: the schedule's weights there are the ones it ends with (recovered once)
+    fresh = task_state_dict(get("spa").apply(copy.deepcopy(model), plan))
+    reached, tuned = task_state_dict(work), task_state_dict(model)
+    assert fresh.keys() == reached.keys()
+    assert all(torch.equal(fresh[k], reached[k]) for k in fresh)
+    assert not torch.equal(fresh["blocks.0.mlp.fc1.adapter.C"], tuned["blocks.0.mlp.fc1.adapter.C"])
+    # p0.75 is reached before any recovery: its weights are the fine-tuned ones
+    first = task_state_dict(get("spa").apply(copy.deepcopy(model), get("spa").plan(scores, Budget.parse("p0.75"))))
+    assert all(torch.equal(first[k], tuned[k]) for k in first)
+    plain = get("spa").score(ScoringContext(model=copy.deepcopy(model), loader=loader,
+                                            options={**options, "keep_recovered": False}))
+    assert get("spa").plan(plain, Budget.parse("p0.5")).extra["recovered"] is None
+
+
 def test_fine_pruning_checkpoint_stores_and_reloads_w(tmp_path, loader):
     torch.manual_seed(0)
     source = create_backbone(ARCH, TINY, num_classes=7)
@@ -156,9 +178,7 @@ def test_fine_pruning_checkpoint_stores_and_reloads_w(tmp_path, loader):
     stored = stored_params(plan, loaded)
     d = 24
     w_kept = (40 * d + d * 40) + (3 * d * d + d * d) + (3 * 8 * d + d * 8) + (96 * d + d * 96)
-    other_backbone = sum(p.numel() for n, p in loaded.named_parameters()
-                         if ".base." not in n and ".adapter." not in n and not n.startswith("head."))
-    assert stored["backbone"] == w_kept + other_backbone
+    assert stored["backbone"] == w_kept  # the trained W slices; norms and embeddings come from the shared backbone
     assert stored["petl"] == 40 + d + 3 * d + d + 3 * 8 + d + 96 + d  # biases of kept outputs; rank 0
 
 

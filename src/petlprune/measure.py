@@ -8,9 +8,12 @@ Conventions, so that every number in the study means the same thing:
   GPU, fused attention or not.
 * Throughput is timed in eval mode under ``inference_mode`` after a warm-up; the figure is the MEDIAN
   over repeated timings of one batch (CUDA events on GPU), never a mean that one hiccup can move.
-* Stored parameters are what ONE task stores next to the shared pretrained backbone (see
-  ``stored_params``); integers of a Plan count as one parameter each, and channel masks as one bit per
-  channel packed into 32-bit words.
+* Stored parameters are what ONE task must keep to rebuild its model from the shared pretrained
+  backbone (``stored_params``): its trained tensors (PETL + head; fine-pruning's trained W slices)
+  plus its Plan, whose integers count one each and whose channel masks (SPA; DepGraph's kept indices)
+  one bit per channel packed into 32-bit words. A frozen backbone that a Plan re-derives is never
+  charged. Methods that change the backbone's shapes (``reshapes_backbone``: DepGraph, SPA,
+  fine-pruning) also get ``params_stored_as_model``: the pruned model stored whole, as deployed.
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 __all__ = [
-    "BACKBONE_STORING_METHODS",
     "count_params",
+    "reshapes_backbone",
     "stored_params",
     "plan_cost",
     "flops",
@@ -42,14 +45,22 @@ __all__ = [
     "measure_model",
 ]
 
-# Methods whose result is a per-task copy of a (width-pruned) backbone: DepGraph prunes the backbone's
-# weight shapes, fine-pruning trains the backbone itself. Neither can reuse the shared backbone file.
-BACKBONE_STORING_METHODS = frozenset({"depgraph", "fine_pruning"})
-
 STORED_UNITS_NOTE = (
-    "parameters; a Plan's integers count one each (a prefix of kept blocks is one integer, the depth), "
-    "channel masks one bit per channel packed in 32-bit words (ceil(bits/32))"
+    "parameters a task keeps to rebuild its model from the shared backbone; a Plan's integers count one "
+    "each (a prefix of kept blocks is one integer, the depth), channel masks (SPA, DepGraph's kept "
+    "indices) one bit per channel packed in 32-bit words (ceil(bits/32))"
 )
+STORED_AS_MODEL_NOTE = "forward parameters of the pruned model as deployed, stored whole per task"
+
+
+def reshapes_backbone(plan: Any) -> bool:
+    """Whether the Plan's method changes the backbone's shapes (its registry ``reshapes_backbone``)."""
+    method = _plan_field(plan, "method") if plan is not None else None
+    if method is None:
+        return False
+    from petlprune.methods import get
+
+    return bool(getattr(get(method), "reshapes_backbone", False))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -164,23 +175,24 @@ def stored_params(
     plan: Any,
     model: nn.Module,
     *,
-    stores_backbone: bool | None = None,
+    stores_backbone: bool = False,
     base_dir: str | os.PathLike | None = None,
 ) -> dict[str, int]:
-    """What ONE task stores next to the shared pretrained backbone, in parameters.
+    """What ONE task must keep to rebuild its model from the shared pretrained backbone, in parameters.
 
     The task weights are ``models.petl.task_state_dict(model)`` (trained PETL parameters + head; every
-    weight for ``full`` fine-tuning), a tensor shared by several positions counted once. Entries under
-    a PETL module count as ``petl``, under the classifier as ``head``, anything else (a trained
-    backbone) as ``backbone``. Methods that change the backbone's shapes per task (``depgraph``,
-    ``fine_pruning``: ``BACKBONE_STORING_METHODS``, or ``plan.extra["stores_backbone"]``) store the
-    whole pruned backbone as well. The Plan costs ``plan_cost`` (prefix of kept blocks: one integer).
+    weight for ``full`` fine-tuning; fine-pruning's trained W), a tensor shared by several positions
+    counted once, a channel-masked SPLoRA tensor by its kept rows/columns. Entries under a PETL module
+    count as ``petl``, under the classifier as ``head``, anything else (a trained backbone weight) as
+    ``backbone``. The Plan costs ``plan_cost`` (prefix of kept blocks: one integer; masks: bits). A
+    frozen backbone a Plan re-derives (DepGraph's slice, SPA's masked W) costs nothing here; the
+    pruned model stored whole is ``measure_model``'s ``params_stored_as_model``.
 
     Args:
         plan: the Plan (object or JSON dict) or None for an unpruned model.
         model: the task model, after the plan was applied.
-        stores_backbone: force (True/False) whether the forward-path backbone is stored per task;
-            default: decided from the plan's method as above.
+        stores_backbone: also charge the frozen forward-path backbone (a task that keeps a whole copy
+            of its backbone); default False.
         base_dir: directory a relative mask path of the plan is resolved against.
 
     Returns:
@@ -207,11 +219,6 @@ def stored_params(
         masked = effective_numel(model)
     for name, t in task.items():
         out[kind(name)] += masked.get(name, t.numel())
-    if stores_backbone is None:
-        extra = _plan_field(plan, "extra") or {}
-        stores_backbone = plan is not None and (
-            _plan_field(plan, "method") in BACKBONE_STORING_METHODS or bool(extra.get("stores_backbone"))
-        )
     if stores_backbone:
         out["backbone"] += sum(
             p.numel() for name, p in model.named_parameters() if kind(name) == "backbone" and name not in task
@@ -446,6 +453,9 @@ def measure_model(
         repeats: timed passes per batch size (the median is reported).
         device: where to run.
         stores_backbone: passed to ``stored_params``.
+
+    ``params_stored_as_model`` (methods that reshape the backbone, else None) is ``params_forward``
+    of ``model`` as given: pass the deployed form (SPA: sliced), as the measure stage does.
         plan_dir: where a relative mask path of the plan is resolved.
     """
     device = torch.device(device)
@@ -464,6 +474,8 @@ def measure_model(
         "params_stored": stored["total"],
         "stored_breakdown": {k: stored[k] for k in ("petl", "head", "plan", "backbone")},
         "stored_units": STORED_UNITS_NOTE,
+        "params_stored_as_model": params["forward"] if reshapes_backbone(plan) else None,
+        "stored_as_model_units": STORED_AS_MODEL_NOTE,
         "flops_per_image": flops(model, shape),
         "flops_counter": "torch FlopCounterMode: 2 x MACs of matmul, convolution and attention",
         "throughput": timings,

@@ -25,6 +25,7 @@ wildcard_constraints:
 
 
 from petlprune.methods import METHOD_MODULES  # the registry's names (importing it is cheap)
+from petlprune.methods.base import check_method_config
 
 METHOD_NAMES = sorted(METHOD_MODULES)
 
@@ -46,14 +47,29 @@ def check_config():
     if unknown:
         raise ValueError(f"config key budgets.{unknown[0]}: method {unknown[0]!r} has no entry under 'methods'")
     uses_matched = [m for m, bs in config["budgets"].items() if "matched" in bs]
-    if uses_matched and not any(b.startswith("a") for b in config["budgets"].get("sls", [])):
+    alpha = config.get("matched_alpha")
+    sls_alphas = [b for b in config["budgets"].get("sls", []) if b.startswith("a")]
+    if uses_matched and alpha is None:
         raise ValueError(
-            f"config key budgets.{uses_matched[0]}: 'matched' needs an SLS alpha budget (budgets.sls: [a0.3])"
+            f"config key matched_alpha: budgets.{uses_matched[0]} uses 'matched'; name the SLS alpha "
+            f"whose depth it takes (e.g. matched_alpha: {sls_alphas[0] if sls_alphas else 'a0.3'})"
         )
+    if alpha is not None and alpha not in sls_alphas:
+        raise ValueError(
+            f"config key matched_alpha: {alpha!r} is not an SLS budget (budgets.sls: {sls_alphas}); "
+            "'matched' takes the depth SLS chose at that alpha"
+        )
+    for petl in config["petl"].get("recipes", {}):
+        if petl not in ALL_PETLS:
+            raise ValueError(
+                f"config key petl.recipes.{petl}: {petl!r} is never fine-tuned in this config "
+                f"(fine-tuned: {', '.join(ALL_PETLS)})"
+            )
+    # Each instance's options and budgets, through the method's own declarations (methods/base.py).
+    for instance, opts in config["methods"].items():
+        check_method_config(instance, registered_method(instance), method_options(method_keys(instance)[0]),
+                            config["budgets"].get(instance, []))
     return True
-
-
-check_config()
 
 
 def as_json(obj):
@@ -91,10 +107,19 @@ def method_options(key):
     return opts
 
 
+def recipe(stage, petl):
+    """The training recipe of ``stage`` ('finetune' or 'retrain') for PETL ``petl``: the shared one,
+    with that PETL's overrides from petl.recipes."""
+    own = config["petl"].get("recipes", {}).get(petl, {}).get(stage, {})
+    return {**config[stage], **own}
+
+
 def matched_plan():
-    """The SLS plan whose depth 'matched' budgets use: the first SLS alpha budget."""
-    alpha = next(b for b in config["budgets"]["sls"] if b.startswith("a"))
-    return RUN + f"/plan/sls-{alpha}.json"
+    """The SLS plan whose depth 'matched' budgets use: SLS at config['matched_alpha']."""
+    return RUN + f"/plan/sls-{config['matched_alpha']}.json"
+
+
+check_config()
 
 
 def instance_petls(instance):

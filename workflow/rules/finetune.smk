@@ -12,7 +12,7 @@ rule finetune:
         data=lambda wc, input: os.path.dirname(input.data),
         out=lambda wc, output: os.path.dirname(output.model),
         options=lambda wc: as_json(config["petl"].get("options", {}).get(wc.petl, {})),
-        train=as_json(config["finetune"]),
+        train=lambda wc: as_json(recipe("finetune", wc.petl)),
     threads: job_threads("finetune")
     resources:
         **job_resources("finetune"),

@@ -77,7 +77,7 @@ rule prune:
     params:
         data=lambda wc, input: os.path.dirname(input.data),
         out=lambda wc, output: os.path.dirname(output.model),
-        train=as_json(config["retrain"]),
+        train=lambda wc: as_json(recipe("retrain", wc.petl)),
     threads: job_threads("prune")
     resources:
         **job_resources("prune"),

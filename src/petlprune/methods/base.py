@@ -11,6 +11,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
 
 from petlprune.io import atomic_path, atomic_write_json, read_json
@@ -26,6 +27,11 @@ __all__ = [
     "get",
     "available",
     "top_k_blocks",
+    "Option",
+    "OptionError",
+    "DeclaredOptions",
+    "check_declared",
+    "check_method_config",
 ]
 
 _BUDGET_RE = re.compile(r"^(?:(?P<matched>matched)|(?P<kind>[a-z])(?P<value>\d+(?:\.\d+)?))$")
@@ -197,6 +203,12 @@ class ScoringContext:
 
 @runtime_checkable
 class Method(Protocol):
+    """What the stages call. Optional hooks, looked up with ``getattr``: ``check_options(raw) -> dict``
+    (every registered method has one: ``DeclaredOptions`` builds it from ``option_specs``; the
+    workflow calls it through ``check_method_config`` before any job runs), ``check_budget(budget,
+    options)``, ``reshapes_backbone`` (measure's ``params_stored_as_model``), ``deploy``,
+    ``mark_trainable``, ``retrain_loss``, ``retrain_config``."""
+
     name: str
     budget_kinds: tuple[str, ...]
     needs: frozenset[str]  # subset of {"features", "loader"}: what score() reads besides the model
@@ -237,6 +249,163 @@ class LayerPruningMethod:
         from petlprune.models.surgery import keep_blocks
 
         return keep_blocks(model, plan.kept_blocks)
+
+
+# ------------------------------------------------------------------------------------ options
+# What a method accepts, declared as data (no torch), so that the workflow checks a config before
+# any job runs (``check_method_config``) and ``score`` checks the same way when called directly.
+
+_TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "bool": lambda v: isinstance(v, bool),
+    "str": lambda v: isinstance(v, str),
+    "numbers": lambda v: isinstance(v, (list, tuple)) and len(v) > 0
+    and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v),
+    "mapping": lambda v: isinstance(v, Mapping),
+}
+
+
+class OptionError(ValueError):
+    """A bad method option; ``option`` names it (the workflow reports ``methods.<instance>.<option>``)."""
+
+    def __init__(self, message: str, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
+
+
+@dataclass(frozen=True)
+class Option:
+    """One declared method option.
+
+    Args:
+        name: the key in the method's config section.
+        type: ``int``, ``number``, ``bool``, ``str``, ``numbers`` (a non-empty list of numbers) or
+            ``mapping``; ``null`` is accepted only with ``nullable``.
+        default: the value when the key is absent.
+        choices: the allowed values, if a closed set.
+        minimum, maximum: inclusive bounds of a number (or of every item of ``numbers``).
+        nullable: ``null`` is a valid value.
+        doc: one line for the method's documentation.
+    """
+
+    name: str
+    type: str
+    default: Any = None
+    choices: tuple[Any, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    nullable: bool = False
+    doc: str = ""
+
+    def __post_init__(self) -> None:
+        if self.type not in _TYPE_CHECKS:
+            raise ValueError(f"option {self.name!r}: unknown type {self.type!r} (known: {', '.join(_TYPE_CHECKS)})")
+
+    def check(self, method: str, value: Any) -> None:
+        """Raise :class:`OptionError` naming the method and option when ``value`` is not allowed."""
+        if value is None and self.nullable:
+            return
+        where = f"method {method!r}: option {self.name!r}"
+        if not _TYPE_CHECKS[self.type](value):
+            wanted = self.type + (" or null" if self.nullable else "")
+            raise OptionError(f"{where} must be of type {wanted}, got {value!r}", self.name)
+        if self.choices is not None and value not in self.choices:
+            raise OptionError(f"{where} must be one of {list(self.choices)}, got {value!r}", self.name)
+        low, high = self.minimum, self.maximum
+        for x in (value if self.type == "numbers" else [value]):
+            if low is not None and x < low or high is not None and x > high:
+                bound = (f"in [{low:g}, {high:g}]" if low is not None and high is not None
+                         else f">= {low:g}" if low is not None else f"<= {high:g}")
+                raise OptionError(f"{where} must be {bound}, got {value!r}", self.name)
+
+
+def check_declared(method: str, specs: Sequence[Option], raw: Mapping[str, Any],
+                   fixed: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``raw`` over the declared defaults, every value checked; an unknown (or pinned) key is an error.
+
+    Args:
+        method: the method name, for messages.
+        specs: its declared options.
+        raw: the options given (a config section or ``ScoringContext.options``).
+        fixed: options the method pins (a registered variant); giving one is an error.
+    """
+    fixed = dict(fixed or {})
+    declared = {o.name: o for o in specs}
+    allowed = sorted(set(declared) - set(fixed))
+    for key in raw:
+        if key not in allowed:
+            why = f"{key!r} is pinned by {method!r}; " if key in fixed else ""
+            raise OptionError(f"method {method!r}: unknown option {key!r} ({why}allowed: {', '.join(allowed) or 'none'})",
+                              key)
+    opts = {**{o.name: o.default for o in specs}, **raw, **fixed}
+    for key in raw:
+        declared[key].check(method, opts[key])
+    return opts
+
+
+class DeclaredOptions:
+    """Mixin: ``check_options`` from the class's ``option_specs`` (and ``fixed_options``).
+
+    A method with cross-field rules overrides ``check_options``, calling ``check_declared`` first.
+    """
+
+    name: ClassVar[str] = ""
+    option_specs: ClassVar[tuple[Option, ...]] = ()
+    fixed_options: ClassVar[dict[str, Any]] = {}
+
+    def check_options(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        """The options ``score`` runs with: ``raw`` over the defaults, checked."""
+        return check_declared(self.name, self.option_specs, raw, self.fixed_options)
+
+
+def check_method_config(instance: str, method: str, options: Mapping[str, Any],
+                        budgets: Sequence[str]) -> dict[str, Any]:
+    """Check one method instance of a study config before any job runs; return its checked options.
+
+    Calls the method's own ``check_options(raw) -> dict`` (declared options, cross-field rules),
+    then checks every budget: its kind against ``budget_kinds`` (``matched`` is a depth) and, where
+    the method has one, ``check_budget(budget, options)`` (e.g. SPA: the density must be scheduled).
+
+    Args:
+        instance: the instance name under ``methods:`` (a key of the config).
+        method: the registered method it runs.
+        options: the instance's options as ``score`` receives them.
+        budgets: its entry under ``budgets:``.
+
+    Raises:
+        ValueError: ``config key methods.<instance>[.<option>]: ...`` or ``config key budgets.<instance>: ...``.
+    """
+    m = get(method)
+    # every method in the registry has one; one without (a method under construction) is not checked
+    checker = getattr(m, "check_options", lambda raw: dict(raw))
+    try:
+        opts = checker(dict(options))
+    except OptionError as e:
+        key = f"methods.{instance}" + (f".{e.option}" if e.option else "")
+        raise ValueError(f"config key {key}: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"config key methods.{instance}: {e}") from None
+    for text in budgets:
+        try:
+            budget = Budget.parse(text)
+        except ValueError as e:
+            raise ValueError(f"config key budgets.{instance}: {e}") from None
+        kind = "depth" if budget.kind == "matched" else budget.kind
+        if kind not in m.budget_kinds:
+            takes = ", ".join(f"{k} ({_KIND_LETTERS[k]}…)" for k in m.budget_kinds)
+            raise ValueError(f"config key budgets.{instance}: method {method!r} takes {takes} budgets, "
+                             f"not {text!r}" + (" ('matched' is a depth)" if budget.kind == "matched" else ""))
+        check_budget = getattr(m, "check_budget", None)
+        if check_budget is not None and budget.kind != "matched":
+            try:
+                check_budget(budget, opts)
+            except ValueError as e:
+                raise ValueError(f"config key budgets.{instance}: {e}") from None
+    return opts
+
+
+_KIND_LETTERS = {v: k for k, v in _BUDGET_KINDS.items()}
 
 
 _REGISTRY: dict[str, Method] = {}

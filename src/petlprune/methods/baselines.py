@@ -16,26 +16,10 @@ import numpy as np
 
 # torch and the criteria are imported inside score(): `petlprune plan` loads this module only to
 # plan, and a planning job should not pay for importing torch (the DAG runs hundreds of them).
-from petlprune.methods.base import Budget, LayerPruningMethod, Plan, Scores, ScoringContext, register
+from petlprune.methods.base import (Budget, DeclaredOptions, LayerPruningMethod, Option, Plan, Scores,
+                                    ScoringContext, register)
 
 __all__ = ["LastK", "RandomBlocks", "BlockInfluence", "Angular", "TaylorLayer"]
-
-
-def _options(method: str, ctx: ScoringContext, defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """``ctx.options`` over the method's defaults; an unknown key is an error (catches typos)."""
-    unknown = sorted(set(ctx.options) - set(defaults))
-    if unknown:
-        allowed = ", ".join(sorted(defaults)) or "none"
-        raise ValueError(f"method {method!r}: unknown option(s) {unknown} (allowed: {allowed})")
-    return {**defaults, **ctx.options}
-
-
-def _positive_int(method: str, key: str, value: Any, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"method {method!r}: option {key!r} must be a positive integer, got {value!r}")
-    return value
 
 
 def _num_blocks(method: str, ctx: ScoringContext) -> int:
@@ -46,20 +30,20 @@ def _num_blocks(method: str, ctx: ScoringContext) -> int:
 
 
 @register("last_k")
-class LastK(LayerPruningMethod):
+class LastK(DeclaredOptions, LayerPruningMethod):
     """Truncation: keep the first ``depth`` blocks, drop the rest (score = -index)."""
 
     needs: ClassVar[frozenset[str]] = frozenset()
 
     def score(self, ctx: ScoringContext) -> Scores:
         start = time.perf_counter()
-        _options(self.name, ctx, {})
+        self.check_options(ctx.options)
         values = [float(-i) for i in range(_num_blocks(self.name, ctx))]
         return Scores(self.name, values, {}, time.perf_counter() - start)
 
 
 @register("random")
-class RandomBlocks(LayerPruningMethod):
+class RandomBlocks(DeclaredOptions, LayerPruningMethod):
     """Keep ``depth`` blocks drawn uniformly at random.
 
     Option ``draw`` (int >= 0, default 0): the draw is a function of (run seed, draw) only, so every
@@ -67,13 +51,13 @@ class RandomBlocks(LayerPruningMethod):
     """
 
     needs: ClassVar[frozenset[str]] = frozenset()
+    option_specs: ClassVar[tuple[Option, ...]] = (
+        Option("draw", "int", 0, minimum=0, doc="index of the draw (the workflow sets it per draw)"),
+    )
 
     def score(self, ctx: ScoringContext) -> Scores:
         start = time.perf_counter()
-        opts = _options(self.name, ctx, {"draw": 0})
-        draw = opts["draw"]
-        if isinstance(draw, bool) or not isinstance(draw, int) or draw < 0:
-            raise ValueError(f"method 'random': option 'draw' must be an integer >= 0, got {draw!r}")
+        draw = self.check_options(ctx.options)["draw"]
         if ctx.seed < 0:
             raise ValueError(f"method 'random': seed must be >= 0, got {ctx.seed}")
         rng = np.random.default_rng([ctx.seed, draw])
@@ -82,18 +66,20 @@ class RandomBlocks(LayerPruningMethod):
 
 
 @register("block_influence")
-class BlockInfluence(LayerPruningMethod):
+class BlockInfluence(DeclaredOptions, LayerPruningMethod):
     """ShortGPT (Men et al., 2024): drop the blocks of lowest ``BI = 1 - mean cos(h_in, h_out)``.
 
     Option ``batches`` (int or None = the whole loader): how many loader batches to average over.
     """
 
     needs: ClassVar[frozenset[str]] = frozenset({"loader"})
+    option_specs: ClassVar[tuple[Option, ...]] = (
+        Option("batches", "int", None, minimum=1, nullable=True, doc="loader batches (null: all)"),
+    )
 
     def score(self, ctx: ScoringContext) -> Scores:
         start = time.perf_counter()
-        opts = _options(self.name, ctx, {"batches": None})
-        batches = _positive_int(self.name, "batches", opts["batches"], allow_none=True)
+        batches = self.check_options(ctx.options)["batches"]
         if ctx.loader is None:
             raise ValueError("method 'block_influence' needs a data loader in the scoring context")
         from petlprune.analysis.importance import block_influence
@@ -126,7 +112,7 @@ def _residual_stream(features: Any) -> torch.Tensor:  # noqa: F821 - torch impor
 
 
 @register("angular")
-class Angular(LayerPruningMethod):
+class Angular(DeclaredOptions, LayerPruningMethod):
     """PruneMe / Gromov et al. (2024): drop the contiguous span of blocks that changes the stream least.
 
     For ``n`` blocks to drop, the span ``[l, l + n)`` minimising the mean angular distance
@@ -139,7 +125,7 @@ class Angular(LayerPruningMethod):
 
     def score(self, ctx: ScoringContext) -> Scores:
         start = time.perf_counter()
-        _options(self.name, ctx, {})
+        self.check_options(ctx.options)
         states = _residual_stream(ctx.features)
         from petlprune.analysis.importance import all_span_distances
 
@@ -171,7 +157,7 @@ class Angular(LayerPruningMethod):
 
 
 @register("taylor_layer")
-class TaylorLayer(LayerPruningMethod):
+class TaylorLayer(DeclaredOptions, LayerPruningMethod):
     """Drop the blocks of lowest first-order Taylor importance ``|Σ θ·∂L/∂θ|``.
 
     Options: ``scope`` ``adapter`` (θ = the block's PETL parameters, default) or ``block`` (every
@@ -180,11 +166,15 @@ class TaylorLayer(LayerPruningMethod):
     """
 
     needs: ClassVar[frozenset[str]] = frozenset({"loader"})
+    option_specs: ClassVar[tuple[Option, ...]] = (
+        Option("batches", "int", 8, minimum=1, doc="training batches the gradient is accumulated over"),
+        Option("scope", "str", "adapter", choices=("adapter", "block"), doc="whose parameters are θ"),
+    )
 
     def score(self, ctx: ScoringContext) -> Scores:
         start = time.perf_counter()
-        opts = _options(self.name, ctx, {"batches": 8, "scope": "adapter"})
-        batches = _positive_int(self.name, "batches", opts["batches"])
+        opts = self.check_options(ctx.options)
+        batches = opts["batches"]
         if ctx.loader is None:
             raise ValueError("method 'taylor_layer' needs a data loader in the scoring context")
         groups = self._groups(ctx, opts["scope"])

@@ -23,9 +23,10 @@ width pruning at the same parameter count. Here:
   are multiplied by sqrt(kept / head_dim), so each head still computes q·k / sqrt(original head_dim)
   over its kept dims (a pure slice would silently sharpen every softmax).
 
-Spec: ``methods/BASELINES.md`` (depgraph). The pruned backbone is stored per task
-(``measure.BACKBONE_STORING_METHODS``); it is a deterministic function of the shared frozen backbone
-and the Plan, so a stored task reloads exactly.
+Spec: ``methods/BASELINES.md`` (depgraph). Storage: the pruned backbone is a deterministic function of
+the shared frozen backbone and the Plan, so a task stores its adapters + head + which channels each
+layer keeps, costed as one bit per prunable channel (``Plan.masks``, as SPA's); ``efficiency.json``
+also gives ``params_stored_as_model``, the pruned model stored whole (``reshapes_backbone``).
 """
 
 from __future__ import annotations
@@ -37,11 +38,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from petlprune.methods.base import Budget, Plan, Scores, ScoringContext, register
+from petlprune.methods.base import Budget, DeclaredOptions, Option, Plan, Scores, ScoringContext, register
 
-__all__ = ["DepGraph", "block_units", "pruned_params", "keep_counts", "slice_model"]
+__all__ = ["DepGraph", "block_units", "pruned_params", "keep_counts", "keep_masks", "slice_model"]
 
-_DEFAULTS = {"batches": 4}
 
 
 def _base(module: Any) -> Any:
@@ -101,7 +101,7 @@ def _top(values: np.ndarray, k: int) -> list[int]:
 
 
 @register("depgraph")
-class DepGraph:
+class DepGraph(DeclaredOptions):
     """Width pruning of the frozen backbone (see the module docstring).
 
     Option ``batches`` (default 4): training batches the Taylor gradient is summed over.
@@ -110,15 +110,14 @@ class DepGraph:
     name: ClassVar[str] = "depgraph"
     budget_kinds: ClassVar[tuple[str, ...]] = ("depth",)
     needs: ClassVar[frozenset[str]] = frozenset({"loader"})
+    reshapes_backbone: ClassVar[bool] = True  # measure also reports the pruned model stored whole
+    option_specs: ClassVar[tuple[Option, ...]] = (
+        Option("batches", "int", 4, minimum=1, doc="training batches the Taylor gradient is summed over"),
+    )
 
     def score(self, ctx: ScoringContext) -> Scores:
         start = time.perf_counter()
-        unknown = sorted(set(ctx.options) - set(_DEFAULTS))
-        if unknown:
-            raise ValueError(f"method 'depgraph': unknown option(s) {unknown} (allowed: batches)")
-        batches = {**_DEFAULTS, **ctx.options}["batches"]
-        if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
-            raise ValueError(f"method 'depgraph': option 'batches' must be a positive integer, got {batches!r}")
+        batches = self.check_options(ctx.options)["batches"]
         if ctx.loader is None:
             raise ValueError("method 'depgraph' needs a data loader in the scoring context")
         import torch.nn.functional as F
@@ -202,11 +201,29 @@ class DepGraph:
                  f"blocks, {100 * (achieved - target) / target:+.2f}%); residual width, adapters and head kept")
         extra = {"ratio": ratio, "target_params": int(target), "params": achieved, "matched_depth": depth,
                  "keep_head_dims": kh, "keep_mlp": km, "keep": keep}
-        return Plan(self.name, budget.text, L, list(range(L)), scores=list(scores.values),
+        return Plan(self.name, budget.text, L, list(range(L)), masks=keep_masks(keep, dims), scores=list(scores.values),
                     decision_seconds=scores.seconds, notes=notes, extra=extra)
 
     def apply(self, model: Any, plan: Plan) -> Any:
         return slice_model(model, plan.extra["keep"])
+
+
+def keep_masks(keep: dict[str, list], dims: dict[str, Any]) -> dict[str, list[int]]:
+    """What a task must store to rebuild its slice: one bit per prunable channel of every block.
+
+    ``blocks.{i}.mlp``: the MLP hidden channels; ``blocks.{i}.attn``: the head dims, head-major
+    (``measure.plan_cost`` packs the bits into 32-bit words).
+
+    Args:
+        keep: the Plan's kept indices (``{"mlp": [...], "attn": [[...] per head]}`` per block).
+        dims: ``Scores.extra`` of depgraph (``mlp_hidden``, ``num_heads``, ``head_dim``).
+    """
+    hidden, heads, hd = int(dims["mlp_hidden"]), int(dims["num_heads"]), int(dims["head_dim"])
+    masks: dict[str, list[int]] = {}
+    for i, (mlp, attn) in enumerate(zip(keep["mlp"], keep["attn"], strict=True)):
+        masks[f"blocks.{i}.mlp"] = [int(c in set(mlp)) for c in range(hidden)]
+        masks[f"blocks.{i}.attn"] = [int(j in set(attn[h])) for h in range(heads) for j in range(hd)]
+    return masks
 
 
 def _head_dim_taylor(attn: Any, qkv: Any, proj: Any) -> np.ndarray:

@@ -16,7 +16,9 @@ is an option here, compared in ``full.yaml``'s ablation, and the book page says 
    Knowledge checkpoint ``kc``: ``init`` sets each serving adapter to the importance-weighted average of
    its own weights and those of the adapters it replaces (the weights are in the Plan, so ``apply`` is
    a function of the model and the Plan; on reloading a pruned checkpoint the stored weights overwrite
-   the average); ``distill`` re-trains with ``(1 - λ)·CE + λ·T²·KL(teacher_T ‖ student_T)`` towards the
+   the average); ``scale`` (a control for ``init``) only multiplies each serving adapter by the weight
+   kc-init gives that adapter itself, so ``init`` = ``scale`` + the other adapters' weighted parameters:
+   init vs scale separates merging unaligned adapters from plain damping; ``distill`` re-trains with ``(1 - λ)·CE + λ·T²·KL(teacher_T ‖ student_T)`` towards the
    unpruned fine-tuned model's logits (``retrain_loss``; the teacher is never stored); ``none``.
 
 What a task stores: kept adapters + head + the sharing map (``measure.plan_cost``: P integers).
@@ -30,7 +32,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from petlprune.methods.base import Budget, Plan, Scores, ScoringContext, register
+from petlprune.methods.base import Budget, Option, OptionError, Plan, Scores, ScoringContext, check_declared, register
 
 __all__ = [
     "SHARE_RULES",
@@ -44,7 +46,7 @@ __all__ = [
 ]
 
 SHARE_RULES = ("most_important", "nearest", "none")
-KC_VARIANTS = ("init", "distill", "none")
+KC_VARIANTS = ("init", "distill", "none", "scale")
 
 
 def positions_to_prune(importance: Sequence[float], sizes: Sequence[int], rho: float) -> list[int]:
@@ -139,7 +141,7 @@ class Pear:
         elementwise (False): ``Σ|θ·∂L/∂θ|`` instead of ``|Σ θ·∂L/∂θ|``.
         normalize (False): divide by the adapter's parameter count.
         share ("nearest"): ``most_important`` | ``nearest`` | ``none``.
-        kc ("init"): ``init`` | ``distill`` | ``none`` (``init`` needs sharing).
+        kc ("init"): ``init`` | ``distill`` | ``none`` | ``scale`` (``init`` and ``scale`` need sharing).
         temperature (2.0), kd_weight (0.5): T and λ of kc-distill.
     """
 
@@ -147,34 +149,30 @@ class Pear:
     needs: ClassVar[frozenset[str]] = frozenset({"loader"})
     # share/kc of the main comparison: the best mean val200 top-1 of the ablation (train800 -> val200,
     # never test; book/methods/pear.md). The rest are reconstruction choices, not tuned.
-    defaults: ClassVar[dict[str, Any]] = {"batches": 8, "elementwise": False, "normalize": False,
-                                          "share": "nearest", "kc": "init", "temperature": 2.0, "kd_weight": 0.5}
+    option_specs: ClassVar[tuple[Option, ...]] = (
+        Option("batches", "int", 8, minimum=1, doc="training batches the Taylor gradient is accumulated over"),
+        Option("elementwise", "bool", False, doc="sum |θ·∂L/∂θ| instead of |Σ θ·∂L/∂θ|"),
+        Option("normalize", "bool", False, doc="divide by the adapter's parameter count"),
+        Option("share", "str", "nearest", choices=SHARE_RULES, doc="which kept adapter serves a pruned position"),
+        Option("kc", "str", "init", choices=KC_VARIANTS, doc="knowledge checkpoint"),
+        Option("temperature", "number", 2.0, minimum=1e-12, doc="T of kc-distill"),
+        Option("kd_weight", "number", 0.5, minimum=0.0, maximum=1.0, doc="λ of kc-distill"),
+    )
+    defaults: ClassVar[dict[str, Any]] = {o.name: o.default for o in option_specs}
     fixed: ClassVar[dict[str, Any]] = {}  # options a registered variant pins (adapter_drop)
 
-    def options(self, given: Mapping[str, Any]) -> dict[str, Any]:
+    def check_options(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """``given`` over the defaults, checked; an unknown or pinned key is an error."""
-        allowed = set(self.defaults) - set(self.fixed)
-        unknown = sorted(set(given) - allowed)
-        if unknown:
-            raise ValueError(f"method {self.name!r}: unknown option(s) {unknown} (allowed: {', '.join(sorted(allowed))})")
-        opts = {**self.defaults, **given, **self.fixed}
-        if opts["share"] not in SHARE_RULES:
-            raise ValueError(f"method {self.name!r}: option 'share' must be one of {SHARE_RULES}, got {opts['share']!r}")
-        if opts["kc"] not in KC_VARIANTS:
-            raise ValueError(f"method {self.name!r}: option 'kc' must be one of {KC_VARIANTS}, got {opts['kc']!r}")
-        if opts["kc"] == "init" and opts["share"] == "none":
-            raise ValueError(f"method {self.name!r}: kc 'init' averages into a serving adapter; share 'none' has none")
-        batches = opts["batches"]
-        if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
-            raise ValueError(f"method {self.name!r}: option 'batches' must be a positive integer, got {batches!r}")
-        if not float(opts["temperature"]) > 0 or not 0.0 <= float(opts["kd_weight"]) <= 1.0:
-            raise ValueError(f"method {self.name!r}: need temperature > 0 and 0 <= kd_weight <= 1")
+        opts = check_declared(self.name, self.option_specs, given, self.fixed)
+        if opts["kc"] in ("init", "scale") and opts["share"] == "none":
+            raise OptionError(f"method {self.name!r}: kc {opts['kc']!r} acts on a serving adapter; "
+                              "share 'none' has none", "kc")
         return opts
 
     # ---------------------------------------------------------------------------------------- score
     def score(self, ctx: ScoringContext) -> Scores:
         start = time.perf_counter()
-        opts = self.options(ctx.options)
+        opts = self.check_options(ctx.options)
         if ctx.loader is None:
             raise ValueError(f"method {self.name!r} needs a data loader in the scoring context")
         from petlprune.analysis.importance import taylor_importance
@@ -209,7 +207,7 @@ class Pear:
         missing = [k for k in ("options", "num_blocks", "params") if k not in extra]
         if missing:
             raise ValueError(f"method {self.name!r}: scores lack extra {missing} (scored by another method?)")
-        opts = self.options({k: v for k, v in extra["options"].items() if k not in self.fixed})
+        opts = self.check_options({k: v for k, v in extra["options"].items() if k not in self.fixed})
         importance = [float(v) for v in scores.values]
         sizes = [int(n) for n in extra["params"]]
         rho = float(budget.value)
@@ -223,7 +221,7 @@ class Pear:
             "pruned_positions": pruned, "kept_positions": kept, "positions": extra.get("positions"),
             "temperature": float(opts["temperature"]), "kd_weight": float(opts["kd_weight"]),
         }
-        if opts["kc"] == "init":
+        if opts["kc"] in ("init", "scale"):  # scale: the same weights, only the serving adapter's own used
             plan_extra["kc_init_weights"] = {str(q): {str(m): w for m, w in ws.items()}
                                              for q, ws in kc_init_weights(importance, share).items()}
         masks = None
@@ -249,9 +247,14 @@ class Pear:
         if plan.scores is not None and len(plan.scores) != len(positions):
             raise ValueError(f"{plan.method}: plan for {len(plan.scores)} adapter positions, model has {len(positions)}")
         weights = plan.extra.get("kc_init_weights") or {}
+        scale_only = plan.extra.get("kc") == "scale"
         with torch.no_grad():  # importance-weighted average into each serving adapter, before tying
             for q, members in weights.items():
                 target = dict(positions[int(q)].adapter.named_parameters())
+                if scale_only:  # the control: the serving adapter's own share of the average, nothing else
+                    for param in target.values():
+                        param.mul_(float(members[str(q)]))
+                    continue
                 sources = {int(m): dict(positions[int(m)].adapter.named_parameters()) for m in members}
                 for name, param in target.items():
                     param.copy_(sum(w * sources[int(m)][name] for m, w in members.items()))

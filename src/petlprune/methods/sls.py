@@ -166,6 +166,10 @@ class SLS(LayerPruningMethod):
     budget_kinds: ClassVar[tuple[str, ...]] = ("alpha", "depth")
     needs: ClassVar[frozenset[str]] = frozenset({"features"})
 
+    def check_options(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        """The options ``score`` runs with, checked (the workflow calls this before any job runs)."""
+        return _options(ScoringContext(options=dict(raw)))
+
     def score(self, ctx: ScoringContext) -> Scores:
         start = time.perf_counter()
         opts = _options(ctx)

@@ -18,6 +18,9 @@ channels globally, lowest normalised score first, never a layer's last unit; rec
 every target density go to the Scores' npz sidecar, so ``plan`` is a look-up. The recovery epochs are
 part of the decision cost (``Scores.seconds`` -> ``Plan.decision_seconds``); the recovered weights are
 dropped: the prune stage re-trains the fine-tuned model under the final masks with the common recipe.
+``keep_recovered: true`` (a control arm) keeps them instead: the task weights the schedule holds when
+it reaches each density (after the recoveries of the earlier steps) go into the Plan
+(``extra["recovered"]``), ``apply`` loads them, and re-training starts from there.
 
 ``fine_pruning``: the same masks, criteria and schedule from the same SPLoRA fine-tuned model, but
 C R is fused into W and W itself is trained (a whole pruned backbone per task).
@@ -32,7 +35,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from petlprune.methods.base import Budget, Plan, Scores, ScoringContext, register
+from petlprune.methods.base import Budget, Option, OptionError, Plan, Scores, ScoringContext, check_declared, register
 
 __all__ = ["CRITERIA", "SPA_DEFAULTS", "SPA", "FinePruning", "channel_scores", "unit_scores", "prune_step",
            "density_of"]
@@ -53,6 +56,9 @@ SPA_DEFAULTS: dict[str, Any] = {
     # train800 -> val200, never on test); epochs and data stay shared.
     "retrain_lr": None,
 }
+
+
+_RECOVERED = "recovered_p"  # npz key prefix of the task weights at a density (keep_recovered)
 
 
 def _density_key(d: float) -> str:
@@ -188,23 +194,32 @@ class _Batches:
         return itertools.islice(iter(self.loader), len(self))
 
 
+SPA_OPTIONS: tuple[Option, ...] = (
+    Option("criterion", "str", SPA_DEFAULTS["criterion"], choices=CRITERIA),
+    Option("densities", "numbers", SPA_DEFAULTS["densities"], minimum=0.0, maximum=1.0),
+    Option("step", "number", SPA_DEFAULTS["step"]),
+    Option("batches", "int", SPA_DEFAULTS["batches"], minimum=1, nullable=True),
+    Option("recover", "mapping", SPA_DEFAULTS["recover"], doc="TrainConfig of each recovery"),
+    Option("recover_batches", "int", SPA_DEFAULTS["recover_batches"], minimum=1, nullable=True),
+    Option("retrain_lr", "number", SPA_DEFAULTS["retrain_lr"], minimum=0.0, nullable=True),
+    # the control arm: re-train from the weights the schedule reached at each density (recovered over
+    # the earlier steps), instead of from the fine-tuned model under the final masks
+    Option("keep_recovered", "bool", False),
+)
+
+
 def _options(name: str, options: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(options) - set(SPA_DEFAULTS))
-    if unknown:
-        raise ValueError(f"method {name!r}: unknown option(s) {unknown} (allowed: {', '.join(SPA_DEFAULTS)})")
-    opts = {**SPA_DEFAULTS, **options}
-    if opts["criterion"] not in CRITERIA:
-        raise ValueError(f"method {name!r}: criterion {opts['criterion']!r} not one of {CRITERIA}")
+    opts = check_declared(name, SPA_OPTIONS, options)
     if not 0 < float(opts["step"]) < 1:
-        raise ValueError(f"method {name!r}: step must be in (0, 1), got {opts['step']!r}")
+        raise OptionError(f"method {name!r}: step must be in (0, 1), got {opts['step']!r}", "step")
     dens = [float(d) for d in opts["densities"]]
-    if not dens or not all(0 < d < 1 for d in dens):
-        raise ValueError(f"method {name!r}: densities must be in (0, 1), got {opts['densities']!r}")
+    if not all(0 < d < 1 for d in dens):
+        raise OptionError(f"method {name!r}: densities must be in (0, 1), got {opts['densities']!r}", "densities")
     steps = [(1 - d) / float(opts["step"]) for d in dens]
     off = [d for d, s in zip(dens, steps, strict=True) if abs(s - round(s)) > 1e-6]
     if off:  # the schedule would stop at the nearest step and file its masks under the wrong density
-        raise ValueError(f"method {name!r}: densities {off} are not reached by steps of {opts['step']} "
-                         "(1 - density must be a multiple of step)")
+        raise OptionError(f"method {name!r}: densities {off} are not reached by steps of {opts['step']} "
+                          "(1 - density must be a multiple of step)", "densities")
     opts["densities"] = sorted(set(dens), reverse=True)
     return opts
 
@@ -216,6 +231,17 @@ class SPA:
     budget_kinds: ClassVar[tuple[str, ...]] = ("density",)
     needs: ClassVar[frozenset[str]] = frozenset({"loader"})
     trains_backbone: ClassVar[bool] = False
+    reshapes_backbone: ClassVar[bool] = True  # deployed sliced: measure also reports it stored whole
+
+    def check_options(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """The options ``score`` runs with (declared in :data:`SPA_OPTIONS`), checked."""
+        return _options(self.name, raw)
+
+    def check_budget(self, budget: Budget, opts: dict[str, Any]) -> None:
+        """A density budget must be one the schedule records (``densities``)."""
+        if not any(abs(float(budget.value) - d) < 1e-9 for d in opts["densities"]):
+            raise ValueError(f"method {self.name!r}: no masks for {budget.text}: add {budget.value:g} to the "
+                             f"instance's 'densities' (has {[f'{d:g}' for d in opts['densities']]})")
 
     def _prepare(self, model: Any) -> Any:
         """Make the model the one the schedule prunes (fine-pruning fuses C R into W here)."""
@@ -255,6 +281,10 @@ class SPA:
                 if kd == k:
                     masks = get_masks(model)
                     arrays[_density_key(d)] = np.concatenate([masks[n].numpy() for n in groups]).astype(np.uint8)
+                    if opts["keep_recovered"]:
+                        from petlprune.models.petl import task_state_dict
+
+                        arrays.update({f"{_RECOVERED}{d:g}:{n}": t.numpy() for n, t in task_state_dict(model).items()})
                     reached[f"{d:g}"] = dens
             if k < max(targets.values()):  # the last step's recovery would be thrown away
                 hist = fit(model, _Batches(ctx.loader, opts["recover_batches"]), recover, device=ctx.device,
@@ -270,7 +300,7 @@ class SPA:
             "criterion": opts["criterion"], "step": step, "densities": reached, "history": history,
             "groups": [[n, g["units"], g["width"]] for n, g in groups.items()], "depth": len(model.blocks),
             "total_channels": total, "recover": recover.to_dict(), "recover_batches": opts["recover_batches"],
-            "retrain_lr": opts["retrain_lr"],
+            "retrain_lr": opts["retrain_lr"], "keep_recovered": opts["keep_recovered"],
             "units": "values: per-unit normalised scores of the first step, groups in order",
         }
         return Scores(self.name, first or [], extra, time.perf_counter() - start, arrays)
@@ -289,6 +319,8 @@ class SPA:
             masks[name] = bits[i:i + units]
             i += units
         depth = int(scores.extra["depth"])
+        prefix = f"{_RECOVERED}{float(budget.value):g}:"
+        recovered = {k.removeprefix(prefix): v.tolist() for k, v in scores.arrays.items() if k.startswith(prefix)}
         dens = scores.extra["densities"][f"{float(budget.value):g}"]
         notes = (f"{scores.extra['criterion']} criterion, {len(scores.extra['history'])} steps of "
                  f"{scores.extra['step']:g}; kept {dens['channels']:.1%} of channels, {dens['weights']:.1%} of weights")
@@ -296,14 +328,25 @@ class SPA:
                     decision_seconds=scores.seconds, notes=notes,
                     extra={"criterion": scores.extra["criterion"], "density_channels": dens["channels"],
                            "density_weights": dens["weights"], "stores_backbone": self.trains_backbone,
-                           "retrain_lr": scores.extra.get("retrain_lr")})
+                           "retrain_lr": scores.extra.get("retrain_lr"), "recovered": recovered or None})
 
     def apply(self, model: Any, plan: Plan) -> Any:
         from petlprune.models.splora import set_masks
 
         if plan.masks is None:
             raise ValueError(f"plan {plan.method} {plan.budget}: no masks")
-        return set_masks(self._prepare(model), plan.masks)
+        model = set_masks(self._prepare(model), plan.masks)
+        recovered = (plan.extra or {}).get("recovered")
+        if recovered:  # keep_recovered: start from the schedule's weights at this density
+            import torch
+
+            from petlprune.models.petl import load_task_state_dict, mark_trainable
+
+            # the task tensors the schedule trained and stored (fine-pruning: W too)
+            getattr(self, "mark_trainable", lambda m, petl: mark_trainable(m, petl))(model, "splora")
+            load_task_state_dict(model, {k: torch.tensor(v) for k, v in recovered.items()},
+                                 source=f"plan {plan.method} {plan.budget} recovered weights")
+        return model
 
     def retrain_config(self, cfg: Any, plan: Plan) -> Any:
         """The shared re-training recipe, with this instance's ``retrain_lr`` if it set one."""

@@ -25,13 +25,20 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from petlprune.methods.base import Budget, Plan, Scores, ScoringContext, register
+from petlprune.methods.base import (Budget, DeclaredOptions, Option, OptionError, Plan, Scores, ScoringContext,
+                                    check_declared, register)
 
 __all__ = ["SpaBlock", "cubic_schedule"]
 
 # Recovery at 1e-3: a fresh AdamW at the fine-tuning lr (1e-2) with no warm-up sends a fine-tuned model
 # back to chance (measured for SPA's SPLoRA); each step also draws its own data order (seed + step).
-_DEFAULTS: dict[str, Any] = {"densities": [0.5], "steps": 4, "recovery_epochs": 1, "lr": 0.001, "weight_decay": 1e-4}
+_OPTIONS: tuple[Option, ...] = (
+    Option("densities", "numbers", [0.5], minimum=0.0, maximum=1.0, doc="kept fractions to record"),
+    Option("steps", "int", 4, minimum=1, doc="cubic steps to the lowest density"),
+    Option("recovery_epochs", "int", 1, minimum=0, doc="recovery epochs after each step"),
+    Option("lr", "number", 0.001, minimum=0.0, doc="recovery learning rate"),
+    Option("weight_decay", "number", 1e-4, minimum=0.0),
+)
 
 
 def cubic_schedule(final: float, steps: int, also: list[float] = ()) -> list[float]:
@@ -47,23 +54,32 @@ def _key(density: float) -> str:
 
 
 @register("spa_block")
-class SpaBlock:
+class SpaBlock(DeclaredOptions):
     """See the module docstring. Options: ``densities`` (kept fractions to record, default [0.5]),
     ``steps`` (cubic steps to the lowest, 4), ``recovery_epochs`` (1), ``lr`` (0.01), ``weight_decay``."""
 
     name: ClassVar[str] = "spa_block"
     budget_kinds: ClassVar[tuple[str, ...]] = ("density",)
     needs: ClassVar[frozenset[str]] = frozenset({"loader"})
+    option_specs: ClassVar[tuple[Option, ...]] = _OPTIONS
+
+    def check_options(self, raw: Any) -> dict[str, Any]:
+        """Declared options, checked; every density in (0, 1]."""
+        opts = check_declared(self.name, self.option_specs, raw)
+        if not all(0 < float(d) <= 1 for d in opts["densities"]):
+            raise OptionError(f"method 'spa_block': densities must be in (0, 1], got {opts['densities']}", "densities")
+        return opts
+
+    def check_budget(self, budget: Budget, opts: dict[str, Any]) -> None:
+        """A density budget must be one the schedule records (``densities``)."""
+        if round(float(budget.value), 4) not in {round(float(d), 4) for d in opts["densities"]}:
+            raise ValueError(f"method 'spa_block': no masks for {budget.text}: add {budget.value:g} to the "
+                             f"instance's 'densities' (has {opts['densities']})")
 
     def score(self, ctx: ScoringContext) -> Scores:
         start = time.perf_counter()
-        unknown = sorted(set(ctx.options) - set(_DEFAULTS))
-        if unknown:
-            raise ValueError(f"method 'spa_block': unknown option(s) {unknown} (allowed: {', '.join(_DEFAULTS)})")
-        opts = {**_DEFAULTS, **ctx.options}
+        opts = self.check_options(ctx.options)
         densities = [float(d) for d in opts["densities"]]
-        if not densities or not all(0 < d <= 1 for d in densities):
-            raise ValueError(f"method 'spa_block': densities must be in (0, 1], got {densities}")
         if ctx.loader is None:
             raise ValueError("method 'spa_block' needs a data loader in the scoring context")
         if getattr(ctx.model, "petl_method", None) != "splopa":

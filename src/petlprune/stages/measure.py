@@ -25,9 +25,10 @@ def _deploy_fn(info: dict):
     from petlprune.models.surgery import slice_channels
 
     plan = info.get("plan")
-    if plan is not None:
-        return getattr(get(plan["method"]), "deploy", None)
-    if info["petl"] == "splora":  # an unpruned SPLoRA model deploys fused (W + C R), like SPA's
+    deploy = getattr(get(plan["method"]), "deploy", None) if plan is not None else None
+    if deploy is not None:
+        return deploy
+    if info["petl"] == "splora":  # any other SPLoRA model (unpruned, or blocks removed) deploys fused (W + C R)
         return lambda m, _plan: slice_channels(m)
     return None
 
