@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from collections.abc import Mapping, Sequence
 from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
 
 from petlprune.io import atomic_path, atomic_write_json, read_json

@@ -16,8 +16,16 @@ import numpy as np
 
 # torch and the criteria are imported inside score(): `petlprune plan` loads this module only to
 # plan, and a planning job should not pay for importing torch (the DAG runs hundreds of them).
-from petlprune.methods.base import (Budget, DeclaredOptions, LayerPruningMethod, Option, Plan, Scores,
-                                    ScoringContext, register)
+from petlprune.methods.base import (
+    Budget,
+    DeclaredOptions,
+    LayerPruningMethod,
+    Option,
+    Plan,
+    Scores,
+    ScoringContext,
+    register,
+)
 
 __all__ = ["LastK", "RandomBlocks", "BlockInfluence", "Angular", "TaylorLayer"]
 

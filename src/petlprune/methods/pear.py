@@ -32,7 +32,16 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from petlprune.methods.base import Budget, Option, OptionError, Plan, Scores, ScoringContext, check_declared, register
+from petlprune.methods.base import (
+    Budget,
+    Option,
+    OptionError,
+    Plan,
+    Scores,
+    ScoringContext,
+    check_declared,
+    register,
+)
 
 __all__ = [
     "SHARE_RULES",

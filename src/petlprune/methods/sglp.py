@@ -65,18 +65,30 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from petlprune.analysis.cka import cka_matrix
 from petlprune.analysis.segment import choose_k, fisher_segments, segmentation_losses
 from petlprune.methods.base import Budget, LayerPruningMethod, Plan, Scores, ScoringContext, register
-from petlprune.methods.sglp_gradnorm import (
-    CONTEXTS,
-    PICKS,
-    GradNormScorer,
-    fixed_batches,
-    gradnorm,
-    select_subset,
-)
-from petlprune.methods.sglp_tokens import TOKENS, cls_features, token_cka
+
+# The option vocabulary lives here, torch-free: the workflow checks every config's options through the
+# registry when the Snakefile is parsed (every cluster job parses it too), and importing torch there
+# cost about 2 s. The torch modules (sglp_gradnorm, sglp_tokens, analysis.cka) load on first use.
+TOKENS = ("cls", "all")
+CONTEXTS = ("official", "finetuned")
+PICKS = ("largest_g", "smallest_g", "lowest_loss")
+_LAZY = {
+    "GradNormScorer": "petlprune.methods.sglp_gradnorm",
+    "gradnorm": "petlprune.methods.sglp_gradnorm",
+    "select_subset": "petlprune.methods.sglp_gradnorm",
+    "token_cka": "petlprune.methods.sglp_tokens",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """``sglp.gradnorm`` and friends, imported on first use (they need torch)."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "CONTEXTS",
@@ -85,11 +97,7 @@ __all__ = [
     "KEEP_RULES",
     "PICKS",
     "SGLP",
-    "GradNormScorer",
-    "gradnorm",
     "keep_counts",
-    "select_subset",
-    "token_cka",
 ]
 
 KEEP_RULES = ("proportional", "largest_first")
@@ -230,6 +238,10 @@ class SGLP(LayerPruningMethod):
         return _options(raw)
 
     def score(self, ctx: ScoringContext) -> Scores:
+        from petlprune.analysis.cka import cka_matrix
+        from petlprune.methods.sglp_gradnorm import GradNormScorer, fixed_batches, select_subset
+        from petlprune.methods.sglp_tokens import cls_features, token_cka
+
         start = time.perf_counter()
         opts = self.check_options(ctx.options)
         if ctx.model is None or getattr(ctx.model, "blocks", None) is None:

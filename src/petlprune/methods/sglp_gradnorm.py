@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from petlprune.methods.sglp import CONTEXTS, PICKS
 from petlprune.models.surgery import keep_blocks
 
 __all__ = [
@@ -50,10 +51,9 @@ __all__ = [
     "select_subset",
 ]
 
-CONTEXTS = ("official", "finetuned")
-# How a segment's candidates are ranked: the official rule is the largest G. On a TRAINED network G
-# grows with the loss, so the finetuned ablation ranks by the smallest G or the lowest loss instead.
-PICKS = ("largest_g", "smallest_g", "lowest_loss")
+# CONTEXTS and PICKS (how a segment's candidates are ranked: the official rule is the largest G; on a
+# TRAINED network G grows with the loss, so the finetuned ablation ranks by the smallest G or the
+# lowest loss instead) are defined, torch-free, with SGLP's other options.
 
 Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
 

@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from petlprune.analysis.cka import MinibatchCKA, batch_sizes
+from petlprune.methods.sglp import TOKENS
 
 __all__ = ["TOKENS", "cls_features", "token_cka"]
 
-TOKENS = ("cls", "all")
 
 
 @torch.no_grad()

@@ -35,7 +35,16 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from petlprune.methods.base import Budget, Option, OptionError, Plan, Scores, ScoringContext, check_declared, register
+from petlprune.methods.base import (
+    Budget,
+    Option,
+    OptionError,
+    Plan,
+    Scores,
+    ScoringContext,
+    check_declared,
+    register,
+)
 
 __all__ = ["CRITERIA", "SPA_DEFAULTS", "SPA", "FinePruning", "channel_scores", "unit_scores", "prune_step",
            "density_of"]

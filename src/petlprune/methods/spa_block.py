@@ -25,8 +25,17 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from petlprune.methods.base import (Budget, DeclaredOptions, Option, OptionError, Plan, Scores, ScoringContext,
-                                    check_declared, register)
+from petlprune.methods.base import (
+    Budget,
+    DeclaredOptions,
+    Option,
+    OptionError,
+    Plan,
+    Scores,
+    ScoringContext,
+    check_declared,
+    register,
+)
 
 __all__ = ["SpaBlock", "cubic_schedule"]
 
