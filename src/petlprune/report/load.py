@@ -45,7 +45,7 @@ COLUMNS = [
     "task", "petl", "seed", "method", "draw", "key", "budget",
     "depth", "kept_blocks",
     "top1", "top1_lo", "top1_hi", "n_eval", "chance", "collapsed", "top1_before_retrain", "top1_drop",
-    "params_forward", "params_trainable", "params_stored",
+    "params_forward", "params_trainable", "params_stored", "params_stored_model",
     "stored_petl", "stored_head", "stored_plan", "stored_backbone",
     "flops",
     "throughput_b1", "latency_b1_ms", "throughput_b64", "latency_b64_ms",
@@ -239,6 +239,8 @@ def _efficiency_columns(eff: dict[str, Any], path: Path) -> dict[str, Any]:
         "params_forward": _num(_get(eff, "params_forward", path)),
         "params_trainable": _num(eff.get("params_trainable")),
         "params_stored": _num(_get(eff, "params_stored", path)),
+        # the second storage convention ("stored as a model"), where the measure stage records it
+        "params_stored_model": _num(eff.get("params_stored_as_model", eff.get("params_stored_model"))),
         "flops": _num(_get(eff, "flops_per_image", path)),
         "device": eff.get("device"),
         "threads": _num(eff.get("threads")),
