@@ -32,7 +32,7 @@ __all__ = [
     "write_summary",
     "collect_provenance",
     "ppt",
-    "predictions_path",
+    "log_path",
 ]
 
 FINETUNE = "finetune"  # method name of the unpruned PETL model (its budget is "none")
@@ -51,7 +51,7 @@ COLUMNS = [
     "throughput_b1", "latency_b1_ms", "throughput_b64", "latency_b64_ms",
     "speedup_b1", "speedup_b64",
     "decision_seconds", "ppt",
-    "eval_split", "train_split", "device", "threads", "git_commit",
+    "eval_split", "train_split", "device", "threads", "git_commit", "predictions_path",
 ]
 
 
@@ -286,7 +286,7 @@ def _read_result(run: RunDir, result_dir: Path, key: str, budget: str,
         "top1_before_retrain": _percent(metrics.get("top1_before_retrain"), "top1_before_retrain", metrics_path),
         "depth": _num(_get(metrics, "depth", metrics_path)),
         "n_eval": _num(metrics.get("n_eval")),
-        "predictions_path": str(result_dir / "predictions.npz") if (result_dir / "predictions.npz").is_file() else None,
+        "predictions_path": str(result_dir / "predictions.npz") if (result_dir / "predictions.npz").is_file() else np.nan,
         "eval_split": metrics.get("eval_split"),
         "train_split": metrics.get("train_split"),
         "git_commit": (metrics.get("provenance") or {}).get("git_commit"),
@@ -306,6 +306,14 @@ def _read_result(run: RunDir, result_dir: Path, key: str, budget: str,
                     f"{metrics_path}: depth={row['depth']:g} but its plan says depth={plan['depth']}"
                 )
     return row
+
+
+def log_path(results_dir: str | Path, task: str, petl: str, seed: int, key: str, budget: str) -> Path:
+    """The log of the job that trained a result (the workflow's ``logs/`` layout, CONTRIBUTING.md)."""
+    logs = Path(results_dir) / "logs"
+    if key == FINETUNE:
+        return logs / "finetune" / f"{task}-{petl}-seed{int(seed)}.log"
+    return logs / "prune" / f"{task}-{petl}-seed{int(seed)}-{key}-{budget}.log"
 
 
 def ppt(top1_percent: pd.Series | float, params_stored: pd.Series | float) -> pd.Series | float:
@@ -336,6 +344,7 @@ def _finish(df: pd.DataFrame, where: str) -> pd.DataFrame:
     df = df[COLUMNS + sorted(extra)]
     df["draw"] = df["draw"].astype("Int64")
     df["seed"] = df["seed"].astype(int)
+    df["predictions_path"] = df["predictions_path"].astype("str")
     return df.reset_index(drop=True)
 
 

@@ -215,6 +215,12 @@ def result_table(agg: pd.DataFrame) -> pd.DataFrame:
     for header, metric, fmt in _RESULT_COLUMNS:
         if f"{metric}_mean" in agg:
             out[header] = [fmt(m, s) for m, s in zip(agg[f"{metric}_mean"], agg[f"{metric}_std"], strict=True)]
+    if "top1_lo" in agg and "top-1 %" in out:
+        from petlprune.report.stats import format_interval
+
+        out["top-1 %"] = [format_interval(m, lo, hi) for m, lo, hi in zip(agg["top1_mean"], agg["top1_lo"], agg["top1_hi"])]
+    if "collapsed" in agg and "top-1 %" in out:
+        out["top-1 %"] = [f"{c} {COLLAPSED_MARK}" if f else c for c, f in zip(out["top-1 %"], agg["collapsed"].astype(bool))]
     return out.reset_index(drop=True)
 
 
