@@ -26,7 +26,8 @@ from petlprune.io import read_json
 from petlprune.report import stats
 from petlprune.report.load import FINETUNE
 
-__all__ = ["CLAIMS", "ClaimResult", "Arm", "evaluate_claims", "reference_rows", "verdict_line", "claim_figure"]
+__all__ = ["CLAIMS", "ClaimResult", "Arm", "evaluate_claims", "reference_rows", "verdict_line", "claim_figure",
+           "paired_versus", "describe_difference", "speedup_versus"]
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_RUN = "supported", "contradicted", "inconclusive", "not run in this tier"
 LAYER_SELECTORS = ("sls", "last_k", "random", "block_influence", "angular", "taylor_layer")
@@ -186,6 +187,43 @@ def _predictions(row: pd.Series) -> tuple[np.ndarray, np.ndarray] | None:
         return None
     with np.load(path, allow_pickle=False) as npz:
         return npz["labels"], npz["pred"]
+
+
+def paired_versus(a: pd.DataFrame, b: pd.DataFrame) -> stats.Difference | None:
+    """Accuracy of the rows ``a`` minus that of ``b``, paired on task, PETL and seed (and images), every
+    pair combined (:func:`stats.combine_seeds`); collapsed rows and rows without predictions left out.
+    None when no clean pair remains."""
+    def clean(rows):
+        return rows[~rows["collapsed"].fillna("").astype(bool)] if "collapsed" in rows else rows
+
+    strata = []
+    for ra, rb in _pairs(clean(a), clean(b)):
+        pa, pb = _predictions(ra), _predictions(rb)
+        if pa is not None and pb is not None:
+            strata.append((pa[0], pa[1], pb[1]))
+    return stats.combine_seeds(strata) if strata else None
+
+
+def speedup_versus(a: pd.DataFrame, b: pd.DataFrame, batch: str) -> list[tuple[float, float, float]]:
+    """Speed-up of each row of ``a`` over its pair in ``b`` at one batch size, from interleaved timings:
+    (ratio, lo, hi) per pair that has them."""
+    out = []
+    for ra, rb in _pairs(a, b):
+        ta, tb = _times(ra, batch), _times(rb, batch)
+        if ta is not None and tb is not None and len(ta) == len(tb):
+            out.append(stats.speedup_interval(tb, ta))
+    return out
+
+
+def describe_difference(d: stats.Difference | None, other: str) -> str:
+    """A paired difference in words: ``2.1 points below the unpruned model (−3.0 to −1.2: a loss)``."""
+    if d is None:
+        return f"not comparable image by image with {other} (no clean paired predictions)"
+    interval = f"95% interval {d.lo:+.1f} to {d.hi:+.1f} points over {d.seeds} paired run(s)"
+    if d.call == "indistinguishable":
+        return f"indistinguishable from {other} ({d.diff:+.1f} points, {interval})"
+    side = "above" if d.diff > 0 else "below"
+    return f"{abs(d.diff):.1f} points {side} {other} ({interval}: a {d.call})"
 
 
 def _times(row: pd.Series, batch: str) -> np.ndarray | None:
