@@ -371,8 +371,8 @@ def claim_figure(result: ClaimResult):
     y = np.arange(len(ev))[::-1]
     err = np.array([ev["value"] - ev["lo"].fillna(ev["value"]), ev["hi"].fillna(ev["value"]) - ev["value"]])
     colors = ["tab:green" if c == "win" else "tab:red" if c == "loss" else "tab:gray" for c in ev["call"]]
-    ax.errorbar(ev["value"], y, xerr=err, fmt="none", ecolor=colors, capsize=3)
-    ax.scatter(ev["value"], y, c=colors, zorder=3)
+    for i, color in enumerate(colors):
+        ax.errorbar(ev["value"].iloc[i], y[i], xerr=err[:, i:i + 1], fmt="o", color=color, capsize=3)
     kinds = set(ev["measure"])
     ax.axvline(0.0 if kinds == {_UNITS["accuracy"]} else 1.0, color="black", lw=0.8, ls="--")
     ax.set_yticks(y, [f"{c.split(' vs ')[1]} · {t}" for c, t in zip(ev["comparison"], ev["task"])], fontsize=10)
