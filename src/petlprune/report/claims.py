@@ -54,7 +54,11 @@ class Arm:
     def rows(self, df: pd.DataFrame, matched_alpha: str) -> pd.DataFrame:
         if self.method == FINETUNE:
             return reference_rows(df)
-        rows = df[df["method"] == self.method]
+        if self.method == "pear" and "share" in df:
+            # every Pear instance (variants have their own names) that shares: its plan says so
+            rows = df[df["share"].notna() & (df["share"].astype(str) != "none") & (df["method"] != "adapter_drop")]
+        else:
+            rows = df[df["method"] == self.method]
         if self.budget == "alpha":
             rows = rows[rows["budget"] == matched_alpha]
         elif self.budget == "matched":
@@ -121,9 +125,16 @@ class ClaimResult:
 def _kc(value: str, negate: bool = False) -> Callable[[pd.DataFrame], pd.Series]:
     def where(rows: pd.DataFrame) -> pd.Series:
         kc = rows["kc"] if "kc" in rows else pd.Series("", index=rows.index)
-        hit = kc.fillna("none") == value
+        hit = kc.fillna("none").astype(str) == value
         return ~hit if negate else hit
     return where
+
+
+def _sharing_alone_if_run(rows: pd.DataFrame) -> pd.Series:
+    """Pear-1's arm: the sharing-only variant (kc none) where the tier runs it, else every sharing variant
+    (the paper's Pear: sharing with its knowledge checkpoint)."""
+    alone = _kc("none")(rows)
+    return alone if alone.any() else pd.Series(True, index=rows.index)
 
 
 def _pear_tier(kc_none: bool) -> Callable[[Mapping], bool]:
@@ -139,7 +150,8 @@ def _pear_tier(kc_none: bool) -> Callable[[Mapping], bool]:
 SLS = Arm("SLS at matched_alpha", "sls", "alpha")
 DEPGRAPH = Arm("DepGraph (matched)", "depgraph", "matched")
 SGLP = Arm("SGLP (matched)", "sglp", "matched")
-PEAR_SHARE = Arm("Pear (sharing, kc none)", "pear", "r", _kc("none"), _pear_tier(True))
+PEAR = Arm("Pear (sharing; kc none where run)", "pear", "r", _sharing_alone_if_run, lambda t: _pear_tier(True)(t) or _pear_tier(False)(t))
+PEAR_SHARE = Arm("Pear (sharing alone, kc none)", "pear", "r", _kc("none"), _pear_tier(True))
 PEAR_KC = Arm("Pear (sharing + knowledge checkpoint)", "pear", "r", _kc("none", negate=True), _pear_tier(False))
 SPA = Arm("channel-SPA", "spa", "p")
 REFERENCE = Arm("unpruned (same PETL)", FINETUNE, "none")
@@ -158,7 +170,7 @@ CLAIMS: tuple[Claim, ...] = (
           tuple(Part("accuracy", SGLP, SLS if m == "sls" else Arm(f"{m} (matched)", m, "matched"))
                 for m in LAYER_SELECTORS)),
     Claim("Pear-1", "At equal stored parameters, sharing kept adapters into pruned positions beats dropping them.",
-          (Part("accuracy", PEAR_SHARE, Arm("adapter drop", "adapter_drop", "r")),)),
+          (Part("accuracy", PEAR, Arm("adapter drop", "adapter_drop", "r")),)),
     Claim("Pear-2", "The knowledge checkpoint improves on sharing alone.", (Part("accuracy", PEAR_KC, PEAR_SHARE),)),
     Claim("SPA-1", "At equal density, channel-SPA is more accurate than fine-pruning while storing fewer "
           "parameters (the paper: +6.9 points on average at 10% density, about half the parameters).",
@@ -250,7 +262,7 @@ def _accuracy(part: Part, pairs, tasks) -> tuple[list[dict], str, str]:
         strata += per_task
         rows.append({"task": task, "seeds": d.seeds, "value": d.diff, "lo": d.lo, "hi": d.hi, "call": d.call})
     if not strata:
-        return rows, INCONCLUSIVE, "no per-image predictions to pair"
+        return rows, INCONCLUSIVE, "no per-image predictions to pair" if pairs else "nothing to pair"
     d = stats.combine_seeds(strata)
     rows.append({"task": "all tasks", "seeds": d.seeds, "value": d.diff, "lo": d.lo, "hi": d.hi, "call": d.call})
     return rows, d.call, f"{stats.format_interval(d.diff, d.lo, d.hi, signed=True)} points"
@@ -322,7 +334,7 @@ def evaluate_claims(
     """
     tiers = tiers or {}
     if pear is not None and not pear.empty:
-        df = df.join(pear[["kc"]], how="left") if "kc" not in df else df
+        df = df.join(pear[["share", "kc"]], how="left") if "kc" not in df else df
     collapsed = df["collapsed"].fillna("").astype(bool) if "collapsed" in df else pd.Series(False, index=df.index)
     clean = df[~collapsed]
     dropped = [f"{r.task}/{r.petl}/seed{r.seed} {r.key}-{r.budget}" for r in df[collapsed].itertuples()]
@@ -337,8 +349,11 @@ def evaluate_claims(
         evidence, calls, reasons = [], [], []
         for part in present:
             pairs = _pairs(part.a.rows(clean, matched_alpha), part.b.rows(clean, matched_alpha))
+            n_all = len(_pairs(part.a.rows(df, matched_alpha), part.b.rows(df, matched_alpha)))
             tasks = sorted({ra["task"] for ra, _ in pairs})
             rows, call, summary = _MEASURE[part.kind](part, pairs, tasks)
+            if len(pairs) < n_all:
+                summary += f"; {n_all - len(pairs)} of {n_all} pair(s) left out as collapsed"
             for r in rows:
                 evidence.append({"comparison": f"{part.a.label} vs {part.b.label}", "measure": _UNITS[part.kind],
                                  **r})
