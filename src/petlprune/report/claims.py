@@ -230,7 +230,8 @@ def speedup_versus(a: pd.DataFrame, b: pd.DataFrame, batch: str) -> list[tuple[f
 def describe_difference(d: stats.Difference | None, other: str) -> str:
     """A paired difference in words: ``2.1 points below the unpruned model (−3.0 to −1.2: a loss)``."""
     if d is None:
-        return f"not comparable image by image with {other} (no clean paired predictions)"
+        return (f"not comparable image by image with {other}: no pair of runs with predictions where neither "
+                "model collapsed")
     interval = f"95% interval {d.lo:+.1f} to {d.hi:+.1f} points over {d.seeds} paired run(s)"
     if d.call == "indistinguishable":
         return f"indistinguishable from {other} ({d.diff:+.1f} points, {interval})"
