@@ -33,6 +33,15 @@ BLOCK_PARAMS, ADAPTER_PARAMS, EMBED_PARAMS = 111_000, 1_640, 12_000
 SLS_DEPTH = {"alpha": 6, "beta": 8}  # the depth SLS "chooses" on each fabricated task
 BASELINES = ("last_k", "random.0", "random.1", "block_influence", "angular", "taylor_layer")
 FT_TOP1 = {"alpha": 0.80, "beta": 0.70}
+N_TEST = 50  # test images per task; a model of top-1 q is right on the first round(q·50) (models nest)
+
+
+def _predictions(out: Path, top1: float) -> None:
+    labels = np.arange(N_TEST) % N_CLASSES
+    right = np.arange(N_TEST) < round(top1 * N_TEST)
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / "predictions.npz", labels=labels, pred=np.where(right, labels, (labels + 1) % N_CLASSES),
+             split=np.array("test"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -63,7 +72,7 @@ def _efficiency(depth: int, head: int, stored_plan: int) -> dict:
 def _metrics(task: str, seed: int, method: str | None, budget: str | None, top1: float, depth: int,
              before: float | None = None) -> dict:
     out = {"task": task, "petl": "adapter", "seed": seed, "method": method, "budget": budget, "top1": top1,
-           "eval_split": "test", "train_split": "train800val200", "depth": depth,
+           "n_eval": N_TEST, "eval_split": "test", "train_split": "train800val200", "depth": depth,
            "history": [{"epoch": 0, "loss": 1.0, "lr": 1e-3, "train_top1": 0.5, "seconds": 1.0}],
            "provenance": _provenance(seed)}
     if method is not None:
@@ -96,6 +105,7 @@ def fabricate_results(root: Path, tasks=("alpha", "beta"), seeds=(0,)) -> Path:
             run = root / "runs" / task / "adapter" / f"seed{seed}"
             ft = FT_TOP1[task] + 0.01 * seed
             _write(run / "finetune" / "metrics.json", _metrics(task, seed, None, None, ft, N_BLOCKS))
+            _predictions(run / "finetune", ft)
             _write(run / "finetune" / "efficiency.json", _efficiency(N_BLOCKS, head, 0))
             labels = np.repeat(np.arange(N_CLASSES), N_POINTS // N_CLASSES)
             np.savez(run / "features.npz", cls=rng.normal(size=(N_BLOCKS, N_POINTS, 8)).astype(np.float32),
@@ -124,6 +134,7 @@ def fabricate_results(root: Path, tasks=("alpha", "beta"), seeds=(0,)) -> Path:
                 top1 = ft - 0.01 * (N_BLOCKS - d) - (0.02 if key != "sls" else 0.0)
                 out = run / "pruned" / f"{key}-{budget}"
                 _write(out / "metrics.json", _metrics(task, seed, key, budget, top1, d, before=top1 / 2))
+                _predictions(out, top1)
                 _write(out / "efficiency.json", _efficiency(d, head, 1 if not shuffled else d))
     (root / "data" / "gallery.png").write_bytes(_tiny_png())
     return root
@@ -308,9 +319,11 @@ def test_comparison_table_and_ranks(df):
     table = report.comparison_table(agg)
     assert list(table.columns) == ["method", "budget", "alpha", "beta", "mean"]
     sls = table[table.method == "SLS"].iloc[0]
-    assert sls.alpha == "74.0" and sls.beta == "66.0" and sls["mean"] == "70.0"
+    lo, hi = report.stats.wilson(37, 50)  # one run: its Wilson interval over the 50 test images
+    assert sls.alpha == f"74.0 [{lo:.1f}, {hi:.1f}]" == "74.0 [60.4, 84.1]" and sls["mean"] == "70.0"
+    assert sls.beta.startswith("66.0 ")
     rnd = table[(table.method == "random") & (table.budget == "d4")].iloc[0]
-    assert rnd.alpha == "70.0 ± 0.0"  # the two draws agree in the fabricated tree
+    assert rnd.alpha == "70.0 ±0.0"  # the two draws agree: a zero-width t interval
     ranks = report.rank_table(agg[agg.budget.isin(["none", "a0.3", "matched"])])
     assert ranks.loc[ranks.method == "unpruned", "alpha"].item() == 1
     assert ranks.loc[ranks.method == "SLS", "alpha"].item() == 2
@@ -447,7 +460,8 @@ def test_rulegraph_parse_and_draw(tmp_path):
 # notebooks and the book
 # --------------------------------------------------------------------------------------------
 NOTEBOOKS = {"result": ["results_dir", "task", "method", "petl", "seed"],
-             "dataset": ["results_dir", "task", "petl"], "summary": ["results_dir", "summary_csv", "sls_budget"]}
+             "dataset": ["results_dir", "task", "petl"], "summary": ["results_dir", "summary_csv", "matched_alpha"],
+             "claims": ["results_dir", "matched_alpha", "tier", "tiers_json"]}
 
 
 @pytest.mark.parametrize("name", sorted(NOTEBOOKS))
@@ -480,6 +494,8 @@ def executed(tree, tmp_path_factory) -> Path:
     nbs = tree / "notebooks"
     (nbs / "alpha").mkdir(parents=True, exist_ok=True)
     _papermill("summary", nbs / "summary.ipynb", results_dir=str(tree))
+    _papermill("claims", nbs / "claims.ipynb", results_dir=str(tree), tier="default",
+               tiers_json=json.dumps({"full": {"methods": {"depgraph": {}}, "budgets": {"depgraph": ["matched"]}}}))
     _papermill("dataset", nbs / "alpha.ipynb", results_dir=str(tree), task="alpha")
     for method in ("sls", "random"):
         _papermill("result", nbs / "alpha" / f"{method}.ipynb", results_dir=str(tree), task="alpha", method=method)
@@ -509,7 +525,13 @@ def test_notebooks_execute_on_the_tree(executed):
     md, images, glued = _outputs(executed / "summary.ipynb")
     assert any("| method" in m for m in md) and len(images) >= 3
     assert glued["n_tasks"] == "'2'" and glued["sls_depth"] == "'7.0'"  # mean of 6 and 8
-    assert glued["sls_drop"] == "'5.0 points below'"  # 6 points below the unpruned model on alpha, 4 on beta
+    # 6 points below the unpruned model on alpha (3 of 50 images), 4 on beta (2 of 50): paired, a loss
+    assert glued["sls_vs_ref"].startswith("'5.0 points below the unpruned model (95% interval")
+    assert glued["sls_vs_ref"].endswith("a loss)'") and glued["n_collapsed"] == "'0'"
+    md, images, glued = _outputs(executed / "claims.ipynb")
+    assert glued["verdict_SLS_1"] == "'not run in this tier'" and "run in the full tier" in "".join(md)
+    # SLS beats every importance selector by 2 points (1 image of 50 per task): inconclusive
+    assert glued["verdict_SLS_2"] == "'inconclusive'"
     md, images, _ = _outputs(executed / "alpha.ipynb")
     assert any("SLS" in m for m in md) and len(images) == 3
     md, images, _ = _outputs(executed / "alpha" / "sls.ipynb")
@@ -598,6 +620,9 @@ def test_book_builds_offline(executed, tree, tmp_path):
         for src in refs.images:
             if not src.startswith("data:"):
                 assert (page.parent / src).resolve().is_file(), f"{page}: broken image {src}"
+    from petlprune.report.htmlcheck import book_problems
+
+    assert book_problems(html) == {}  # no warning, traceback, error or stderr in any cell output
     intro = (html / "intro.html").read_text()
     assert "keeps on average\n<span class=\"pasted-text\">7.0</span>" in intro  # glued from the summary notebook
     repro = (html / "reproducibility.html").read_text()

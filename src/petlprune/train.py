@@ -12,6 +12,7 @@ import os
 import random
 import time
 from dataclasses import MISSING, asdict, dataclass, fields
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "save_predictions",
     "TrainConfig",
     "NonFiniteLossError",
     "fit",
@@ -254,11 +256,12 @@ def fit(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Any, device: str | torch.device = "cpu") -> dict[str, float]:
+def evaluate(model: nn.Module, loader: Any, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Top-1 accuracy and mean cross-entropy over a loader, in eval mode (the previous mode is restored).
 
     Returns:
-        ``{"top1", "loss", "n"}``.
+        ``{"top1", "loss", "n", "labels", "pred"}``: ``labels`` and ``pred`` are int64 arrays in the
+        loader's order (per-image predictions, for paired comparisons of two models on the same images).
     """
     device = torch.device(device) if not isinstance(device, torch.device) else device
     was_training = model.training
@@ -266,16 +269,46 @@ def evaluate(model: nn.Module, loader: Any, device: str | torch.device = "cpu") 
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.long)
     n = 0
+    labels, preds = [], []
     try:
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with _autocast(device):
                 logits = model(x)
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
-            correct += (logits.argmax(-1) == y).sum()
+            pred = logits.argmax(-1)
+            correct += (pred == y).sum()
             n += y.shape[0]
+            labels.append(y.cpu())
+            preds.append(pred.cpu())
     finally:
         model.train(was_training)
     if n == 0:
         raise ValueError("evaluate: the loader is empty")
-    return {"top1": float(correct) / n, "loss": float(loss_sum) / n, "n": n}
+    return {"top1": float(correct) / n, "loss": float(loss_sum) / n, "n": n,
+            "labels": torch.cat(labels).numpy().astype(np.int64), "pred": torch.cat(preds).numpy().astype(np.int64)}
+
+
+def save_predictions(path: str | Path, split: str, **results: dict[str, Any]) -> None:
+    """Write the per-image labels and predictions of evaluations to ``path`` (``predictions.npz``).
+
+    Args:
+        path: the file to write (atomically).
+        split: the evaluated split (``test`` or ``val200``), stored as the array ``split``.
+        results: name → an :func:`evaluate` result; ``pred=`` is stored as ``labels``/``pred``, any
+            other name ``x`` as ``pred_x`` (e.g. ``before_retrain``). All must share the labels.
+    """
+    from petlprune.io import atomic_path
+
+    main = results.get("pred")
+    if main is None:
+        raise ValueError("save_predictions: give the main evaluation as pred=")
+    arrays = {"labels": main["labels"], "pred": main["pred"], "split": np.array(split)}
+    for name, res in results.items():
+        if name == "pred":
+            continue
+        if not np.array_equal(res["labels"], main["labels"]):
+            raise ValueError(f"save_predictions: evaluation {name!r} saw other images than pred=")
+        arrays[f"pred_{name}"] = res["pred"]
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **arrays)

@@ -3,7 +3,27 @@
 
 NB = f"{R}/notebooks"
 PETL0, SEED0 = PETLS[0], SEEDS[0]
-SLS_BUDGET = next((b for b in config["budgets"].get("sls", []) if b.startswith("a")), "a0.3")
+# The SLS alpha whose depth the `matched` budgets get (config key matched_alpha; until a tier sets it,
+# the first SLS alpha budget, which is what the plan rule matches to).
+MATCHED_ALPHA = config.get("matched_alpha") or next(
+    (b for b in config["budgets"].get("sls", []) if b.startswith("a")), "a0.3")
+
+
+def tier_configs():
+    """Every tier's methods and budgets (workflow/config/*.yaml), so the claims page can name the tier
+    that runs an arm this one lacks."""
+    import yaml
+
+    out = {}
+    for path in sorted(glob.glob("workflow/config/*.yaml")):
+        with open(path) as fh:
+            cfg = yaml.safe_load(fh) or {}
+        out[os.path.splitext(os.path.basename(path))[0]] = {
+            "methods": cfg.get("methods", {}), "budgets": cfg.get("budgets", {})}
+    return out
+
+
+TIER = os.path.splitext(os.path.basename(workflow.config_settings.configfiles[-1]))[0] if workflow.config_settings.configfiles else "default"
 
 
 def run_results(task, petl, seed, methods=None):
@@ -69,7 +89,23 @@ rule summary_notebook:
         f"{R}/logs/notebooks/summary.log",
     shell:
         "papermill --no-progress-bar {input.template} {output} -p results_dir {R}"
-        " -p sls_budget {SLS_BUDGET} > {log} 2>&1"
+        " -p matched_alpha {MATCHED_ALPHA} > {log} 2>&1"
+
+
+rule claims_notebook:
+    input:
+        template="notebooks/claims.ipynb",
+        summary=f"{R}/summary.csv",
+        tiers=sorted(glob.glob("workflow/config/*.yaml")),
+    output:
+        f"{NB}/claims.ipynb",
+    params:
+        tiers=as_json(tier_configs()),
+    log:
+        f"{R}/logs/notebooks/claims.log",
+    shell:
+        "papermill --no-progress-bar {input.template} {output} -p results_dir {R}"
+        " -p matched_alpha {MATCHED_ALPHA} -p tier {TIER} -p tiers_json {params.tiers} > {log} 2>&1"
 
 
 rule rulegraph:
@@ -88,7 +124,7 @@ rule rulegraph:
 
 rule book:
     input:
-        notebooks=[f"{NB}/summary.ipynb"]
+        notebooks=[f"{NB}/summary.ipynb", f"{NB}/claims.ipynb"]
         + expand(f"{NB}/{{task}}.ipynb", task=TASKS)
         + expand(f"{NB}/{{task}}/{{method}}.ipynb", task=TASKS, method=list(config["budgets"])),
         gallery=f"{R}/data/gallery.png",

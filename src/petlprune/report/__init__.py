@@ -25,12 +25,15 @@ from petlprune.report.load import (
     collect_provenance,
     find_runs,
     load_results,
+    log_path,
     ppt,
     read_summary,
     split_key,
     split_result_dir,
     write_summary,
 )
+from petlprune.report import stats
+from petlprune.report.claims import CLAIMS, evaluate_claims, reference_rows
 from petlprune.report.sections import SECTIONS, block_score_section, method_section, sls_section
 from petlprune.report.tables import (
     METHOD_LABELS,
@@ -39,6 +42,7 @@ from petlprune.report.tables import (
     aggregate,
     budget_family,
     comparison_table,
+    matched_rows,
     mean_std,
     method_label,
     pareto_mask,
@@ -49,10 +53,11 @@ from petlprune.report.tables import (
 )
 
 __all__ = [
-    "AXES", "COLUMNS", "FINETUNE", "METHOD_LABELS", "METHOD_ORDER", "METRICS", "SECTIONS",
+    "AXES", "CLAIMS", "COLUMNS", "FINETUNE", "METHOD_LABELS", "METHOD_ORDER", "METRICS", "SECTIONS",
     "ResultsError", "RunDir",
     "accuracy_figure", "accuracy_vs", "aggregate", "block_score_section", "budget_family", "budget_marker",
-    "collect_provenance", "comparison_table", "depth_bars", "find_runs", "load_results", "mean_std",
+    "collect_provenance", "comparison_table", "depth_bars", "evaluate_claims", "find_runs", "load_results",
+    "log_path", "matched_rows", "mean_std", "reference_rows", "stats",
     "method_color", "method_label", "method_section", "pareto_mask", "ppt", "rank_table", "read_summary",
     "result_table", "sls_section", "sort_results", "split_key", "split_result_dir", "to_markdown",
     "tradeoff_figure", "write_summary",

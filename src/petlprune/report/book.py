@@ -4,6 +4,7 @@ The hand-written pages and ``_toc.yml`` live in ``book/``; the TOC reaches the g
 through glob entries, so the set of tasks and results comes from what the DAG produced:
 ```
 generated/summary.ipynb                 results/notebooks/summary.ipynb
+generated/claims.ipynb                  results/notebooks/claims.ipynb (the verdict of each claim)
 generated/tasks/{task}.ipynb            results/notebooks/{task}.ipynb
 generated/results/{task}/{NN}-{method}.ipynb   results/notebooks/{task}/{method}.ipynb (NN: table order)
 generated/data.md, gallery.png          task table from results/data/*/meta.json, the data gallery
@@ -205,8 +206,12 @@ def assemble_book(
     try:
         prepare_notebook(summary, tmp / "summary.ipynb", None)
         placed.append(tmp / "summary.ipynb")
+        claims = notebooks / "claims.ipynb"
+        if claims.is_file():
+            prepare_notebook(claims, tmp / "claims.ipynb", None)
+            placed.append(tmp / "claims.ipynb")
         for nb in sorted(notebooks.glob("*.ipynb")):
-            if nb.name != "summary.ipynb":
+            if nb.name not in ("summary.ipynb", "claims.ipynb"):
                 prepare_notebook(nb, tmp / "tasks" / nb.name, nb.stem)
                 placed.append(tmp / "tasks" / nb.name)
         for nb in sorted(notebooks.glob("*/*.ipynb")):

@@ -32,6 +32,7 @@ __all__ = [
     "write_summary",
     "collect_provenance",
     "ppt",
+    "log_path",
 ]
 
 FINETUNE = "finetune"  # method name of the unpruned PETL model (its budget is "none")
@@ -43,14 +44,14 @@ _DRAW_RE = re.compile(r"^(?P<method>[A-Za-z0-9_]+)\.(?P<draw>\d+)$")
 COLUMNS = [
     "task", "petl", "seed", "method", "draw", "key", "budget",
     "depth", "kept_blocks",
-    "top1", "top1_before_retrain", "top1_drop",
-    "params_forward", "params_trainable", "params_stored",
+    "top1", "top1_lo", "top1_hi", "n_eval", "chance", "collapsed", "top1_before_retrain", "top1_drop",
+    "params_forward", "params_trainable", "params_stored", "params_stored_model",
     "stored_petl", "stored_head", "stored_plan", "stored_backbone",
     "flops",
     "throughput_b1", "latency_b1_ms", "throughput_b64", "latency_b64_ms",
     "speedup_b1", "speedup_b64",
     "decision_seconds", "ppt",
-    "eval_split", "train_split", "device", "threads", "git_commit",
+    "eval_split", "train_split", "device", "threads", "git_commit", "predictions_path",
 ]
 
 
@@ -238,6 +239,8 @@ def _efficiency_columns(eff: dict[str, Any], path: Path) -> dict[str, Any]:
         "params_forward": _num(_get(eff, "params_forward", path)),
         "params_trainable": _num(eff.get("params_trainable")),
         "params_stored": _num(_get(eff, "params_stored", path)),
+        # the second storage convention ("stored as a model"), where the measure stage records it
+        "params_stored_model": _num(eff.get("params_stored_as_model", eff.get("params_stored_model"))),
         "flops": _num(_get(eff, "flops_per_image", path)),
         "device": eff.get("device"),
         "threads": _num(eff.get("threads")),
@@ -256,10 +259,19 @@ def _efficiency_columns(eff: dict[str, Any], path: Path) -> dict[str, Any]:
     return row
 
 
-def _read_result(run: RunDir, result_dir: Path, key: str, budget: str) -> dict[str, Any] | None:
+def _note(skipped: list[str] | None, message: str) -> None:
+    """A result left out: appended to ``skipped`` when the caller collects them, else a warning."""
+    if skipped is None:
+        warnings.warn(message, stacklevel=4)
+    else:
+        skipped.append(message)
+
+
+def _read_result(run: RunDir, result_dir: Path, key: str, budget: str,
+                 skipped: list[str] | None = None) -> dict[str, Any] | None:
     metrics_path = result_dir / "metrics.json"
     if not metrics_path.is_file():
-        warnings.warn(f"{result_dir}: no metrics.json (job unfinished?); skipped", stacklevel=3)
+        _note(skipped, f"{result_dir}: no metrics.json (job unfinished?); skipped")
         return None
     metrics = read_json(metrics_path)
     for field, expected in (("task", run.task), ("petl", run.petl), ("seed", run.seed)):
@@ -273,6 +285,8 @@ def _read_result(run: RunDir, result_dir: Path, key: str, budget: str) -> dict[s
         "top1": _percent(_get(metrics, "top1", metrics_path), "top1", metrics_path),
         "top1_before_retrain": _percent(metrics.get("top1_before_retrain"), "top1_before_retrain", metrics_path),
         "depth": _num(_get(metrics, "depth", metrics_path)),
+        "n_eval": _num(metrics.get("n_eval")),
+        "predictions_path": str(result_dir / "predictions.npz") if (result_dir / "predictions.npz").is_file() else np.nan,
         "eval_split": metrics.get("eval_split"),
         "train_split": metrics.get("train_split"),
         "git_commit": (metrics.get("provenance") or {}).get("git_commit"),
@@ -281,7 +295,7 @@ def _read_result(run: RunDir, result_dir: Path, key: str, budget: str) -> dict[s
     if eff_path.is_file():
         row.update(_efficiency_columns(read_json(eff_path), eff_path))
     else:
-        warnings.warn(f"{result_dir}: no efficiency.json; its cost columns are empty", stacklevel=3)
+        _note(skipped, f"{result_dir}: no efficiency.json; its cost columns are empty")
     if key != FINETUNE:
         plan = run.plan(key, budget)
         if plan is not None:
@@ -292,6 +306,14 @@ def _read_result(run: RunDir, result_dir: Path, key: str, budget: str) -> dict[s
                     f"{metrics_path}: depth={row['depth']:g} but its plan says depth={plan['depth']}"
                 )
     return row
+
+
+def log_path(results_dir: str | Path, task: str, petl: str, seed: int, key: str, budget: str) -> Path:
+    """The log of the job that trained a result (the workflow's ``logs/`` layout, CONTRIBUTING.md)."""
+    logs = Path(results_dir) / "logs"
+    if key == FINETUNE:
+        return logs / "finetune" / f"{task}-{petl}-seed{int(seed)}.log"
+    return logs / "prune" / f"{task}-{petl}-seed{int(seed)}-{key}-{budget}.log"
 
 
 def ppt(top1_percent: pd.Series | float, params_stored: pd.Series | float) -> pd.Series | float:
@@ -317,18 +339,56 @@ def _finish(df: pd.DataFrame, where: str) -> pd.DataFrame:
         bs = col.removeprefix("throughput_b")
         df[f"speedup_b{bs}"] = (df[col] / joined[f"{col}_ref"]).where(same_setup)
     df["ppt"] = ppt(df["top1"], df["params_stored"])
+    _uncertainty(df, joined)
     extra = [c for c in df.columns if c not in COLUMNS]
     df = df[COLUMNS + sorted(extra)]
     df["draw"] = df["draw"].astype("Int64")
     df["seed"] = df["seed"].astype(int)
+    df["predictions_path"] = df["predictions_path"].astype("str")
     return df.reset_index(drop=True)
 
 
-def load_results(results_dir: str | Path) -> pd.DataFrame:
+def _uncertainty(df: pd.DataFrame, joined: pd.DataFrame) -> None:
+    """Wilson interval of each accuracy, the run's chance rate, and whether the model collapsed.
+
+    Chance is the majority-class rate of the test labels (read from the run's fine-tune
+    predictions); a model collapsed when its interval reaches chance, and so does every model pruned
+    from a collapsed fine-tune (``collapsed`` is then ``from fine-tune``).
+    """
+    from petlprune.report.stats import chance_rate, covers_chance, wilson
+
+    lo, hi, chance = [], [], []
+    for i in df.index:
+        top1, n = df.at[i, "top1"], df.at[i, "n_eval"]
+        if pd.isna(top1) or pd.isna(n) or n <= 0:
+            lo.append(np.nan), hi.append(np.nan)
+        else:
+            a, b = wilson(round(top1 / 100 * n), int(n))
+            lo.append(a), hi.append(b)
+    df["top1_lo"], df["top1_hi"] = lo, hi
+    chance_of: dict[tuple, float] = {}
+    for i in df.index[df["method"] == FINETUNE]:
+        path = df.at[i, "predictions_path"]
+        if isinstance(path, str):
+            with np.load(path, allow_pickle=False) as npz:
+                chance_of[(df.at[i, "task"], df.at[i, "petl"], df.at[i, "seed"])] = chance_rate(npz["labels"])
+    df["chance"] = [chance_of.get((t, p, s), np.nan) for t, p, s in zip(df["task"], df["petl"], df["seed"])]
+    own = [covers_chance(a, c) for a, c in zip(df["top1_lo"], df["chance"])]
+    runs = list(zip(df["task"], df["petl"], df["seed"]))
+    ft_collapsed = {k for k, c, m in zip(runs, own, df["method"]) if c and m == FINETUNE}
+    df["collapsed"] = [
+        "collapsed" if c else ("from fine-tune" if (t, p, s) in ft_collapsed and m != FINETUNE else "")
+        for c, (t, p, s), m in zip(own, runs, df["method"])
+    ]
+
+
+def load_results(results_dir: str | Path, skipped: list[str] | None = None) -> pd.DataFrame:
     """The tidy table of every result in the tree (the unpruned fine-tune has method ``finetune``).
 
     Args:
         results_dir: the ``results/`` directory.
+        skipped: when given, a sentence per result left out (no metrics.json) or incomplete (no
+            efficiency.json) is appended to it instead of being warned about.
 
     Returns:
         One row per task × petl × seed × method key × budget with the columns of :data:`COLUMNS`;
@@ -338,12 +398,12 @@ def load_results(results_dir: str | Path) -> pd.DataFrame:
     for run in find_runs(results_dir):
         finetune_dir = run.root / "finetune"
         if finetune_dir.is_dir():
-            row = _read_result(run, finetune_dir, FINETUNE, "none")
+            row = _read_result(run, finetune_dir, FINETUNE, "none", skipped)
             if row is not None:
                 rows.append(row)
         for result_dir in run.result_dirs():
             key, budget = split_result_dir(result_dir.name)
-            row = _read_result(run, result_dir, key, budget)
+            row = _read_result(run, result_dir, key, budget, skipped)
             if row is not None:
                 rows.append(row)
     if not rows:
@@ -362,8 +422,10 @@ def read_summary(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no summary table (run `petlprune summary` first)")
-    df = pd.read_csv(path, dtype={"kept_blocks": "str", "budget": "str", "key": "str", "git_commit": "str"},
+    df = pd.read_csv(path, dtype={"kept_blocks": "str", "budget": "str", "key": "str", "git_commit": "str",
+                                  "collapsed": "str", "predictions_path": "str"},
                      keep_default_na=True)
+    df["collapsed"] = df["collapsed"].fillna("")
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise ResultsError(f"{path}: missing columns {missing}")

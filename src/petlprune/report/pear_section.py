@@ -78,7 +78,7 @@ def importance_figure(scores: dict[str, Any], plan: dict[str, Any] | None, title
     ax = fig.subplots()
     colors = [(_SHARED if i in shared else _DROPPED) if i in pruned else _KEPT for i in range(len(values))]
     ax.bar(np.arange(len(values)), values, color=colors, edgecolor="0.3", linewidth=0.5)
-    ax.set_xticks(range(len(values)), labels, fontsize=7)
+    ax.set_xticks(range(len(values)), labels, fontsize=10)
     ax.set_xlabel("adapter position (block)")
     ax.set_ylabel("Taylor importance")
     ax.set_title(title, fontsize=9)
@@ -110,14 +110,14 @@ def sharing_map_figure(plans: dict[tuple[str, str], dict[str, Any]]) -> Figure |
             ax.plot([p], [0.5], marker="v", ms=4, color=_SHARED)
             top = max(top, 0.45 + height + 0.15)
         labels = position_labels(extra.get("positions"), n)
-        ax.set_xticks(range(n), labels, fontsize=7)
+        ax.set_xticks(range(n), labels, fontsize=10)
         ax.set_yticks([])
         ax.set_xlim(-0.6, n - 0.4)
         ax.set_ylim(-0.5, top)
         for side in ("left", "right", "top"):
             ax.spines[side].set_visible(False)
         ax.set_title(f"{key} · {budget}: share {extra.get('share')}, kc {extra.get('kc')}, "
-                     f"{100 * extra.get('removed_fraction', 0):.0f}% of adapter params pruned", fontsize=8)
+                     f"{100 * extra.get('removed_fraction', 0):.0f}% of adapter params pruned", fontsize=11)
     axes[-1].set_xlabel("adapter position (block); arcs: serving adapter → pruned position")
     return fig
 
@@ -159,11 +159,11 @@ def ablation_figure(run: RunDir) -> Figure | None:
             ax.bar(np.arange(len(SHARE_ORDER)) + (j - 1) * width, ys, width, label=f"kc {kc}", color=f"C{j}")
         if ref is not None:
             ax.axhline(ref, color="k", ls="--", lw=1, label="unpruned")
-        ax.set_xticks(range(len(SHARE_ORDER)), ["most important", "nearest", "none (drop)"], fontsize=8)
+        ax.set_xticks(range(len(SHARE_ORDER)), ["most important", "nearest", "none (drop)"], fontsize=11)
         ax.set_title(f"rho = {rho:g} ({df.eval_split.iloc[0] or 'test'} top-1)", fontsize=9)
         ax.set_ylabel("top-1 (%)")
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=7)
+    axes[0].legend(fontsize=10)
     return fig
 
 

@@ -59,8 +59,8 @@ def kept_blocks_figure(run: RunDir, method: str) -> Figure | None:
     fig = Figure(figsize=(0.35 * n + 2.2, 0.3 * len(plans) + 1.0), layout="constrained")
     ax = fig.subplots()
     ax.imshow(grid, cmap=ListedColormap(["#eeeeee", "#3b6ea8"]), vmin=0, vmax=1, aspect="auto")
-    ax.set_xticks(range(n), [str(i + 1) for i in range(n)], fontsize=7)
-    ax.set_yticks(range(len(plans)), [f"{k} · {b} (depth {p['depth']})" for (k, b), p in plans.items()], fontsize=7)
+    ax.set_xticks(range(n), [str(i + 1) for i in range(n)], fontsize=10)
+    ax.set_yticks(range(len(plans)), [f"{k} · {b} (depth {p['depth']})" for (k, b), p in plans.items()], fontsize=10)
     ax.set_xlabel("block")
     ax.set_title(f"{method_label(method)}: blocks kept (dark)", fontsize=9)
     return fig
@@ -81,7 +81,7 @@ def score_curve_figure(run: RunDir, method: str) -> Figure | None:
     ax.set_title(f"{method_label(method)}: scores (the plan keeps the highest)", fontsize=9)
     ax.grid(alpha=0.3)
     if len(scored) > 1:
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=10)
     return fig
 
 
@@ -153,7 +153,7 @@ def sls_tsne_grid(
         ax.scatter(emb[:, 0], emb[:, 1], c=labels % cmap.N, cmap=cmap, vmin=0, vmax=cmap.N - 1, s=2,
                    linewidths=0, alpha=0.35 if removed else 1.0)
         sc = scores[b] if b < len(scores) else math.nan
-        ax.set_title(f"block {b + 1}: SC {sc:.2f}" + (" (removed)" if removed else ""), fontsize=7,
+        ax.set_title(f"block {b + 1}: SC {sc:.2f}" + (" (removed)" if removed else ""), fontsize=10,
                      color="0.55" if removed else "black")
         ax.set_xticks([])
         ax.set_yticks([])
@@ -191,10 +191,10 @@ def sls_silhouette_figure(scores: dict, plans: dict, extra_curves: dict[str, np.
     ax.set_ylabel("silhouette coefficient")
     ax.set_xticks(x)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=10)
     for ax, (name, curve) in zip(axes[1:], extra_curves.items(), strict=True):
         ax.plot(np.arange(1, len(curve) + 1), curve, marker="o", ms=3, color="0.3")
-        ax.set_title(name, fontsize=8)
+        ax.set_title(name, fontsize=11)
         ax.set_xlabel("block")
         ax.grid(alpha=0.3)
     return fig

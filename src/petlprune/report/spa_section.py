@@ -34,7 +34,7 @@ def schedule_figure(history: list[dict], title: str = "") -> Figure:
         ax2 = ax.twinx()
         ax2.plot(*zip(*losses, strict=True), color="C3", ls="--", lw=1, label="recovery loss")
         ax2.set_ylabel("recovery loss (last epoch)", color="C3")
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=10, loc="lower left")
     ax.set_title(title, fontsize=9)
     return fig
 
@@ -65,8 +65,8 @@ def kept_width_figure(plans: dict[str, dict], where: str) -> Figure:
         ax.set_ylabel("kept")
         dens = plan.get("extra", {}).get("density_channels")
         ax.set_title(f"{budget}" + (f": {dens:.1%} of channels kept" if dens is not None else ""), fontsize=9)
-        ax.set_xticks(x, [str(i) for i in x], fontsize=7)
-    axes[0].legend(fontsize=7, ncols=2)
+        ax.set_xticks(x, [str(i) for i in x], fontsize=10)
+    axes[0].legend(fontsize=10, ncols=2)
     axes[-1].set_xlabel("block")
     return fig
 

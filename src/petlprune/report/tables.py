@@ -20,6 +20,8 @@ __all__ = [
     "METRICS",
     "method_label",
     "budget_family",
+    "matched_rows",
+    "COLLAPSED_MARK",
     "budget_order",
     "sort_results",
     "aggregate",
@@ -65,12 +67,29 @@ def method_label(method: str) -> str:
     return METHOD_LABELS.get(method, method)
 
 
-def budget_family(budget: str) -> str:
-    """Which budgets are comparable: ``matched`` and SLS's ``a*`` share SLS's depth ("matched")."""
-    if budget == "matched" or budget.startswith("a"):
+def budget_family(budget: str, matched_alpha: str | None = None) -> str:
+    """Which budgets are comparable: ``matched`` and SLS's ``matched_alpha`` (the alpha whose depth the
+    ``matched`` baselines got) are "matched"; any other alpha is an "alpha" budget of its own."""
+    if budget == "matched" or (matched_alpha is not None and budget == matched_alpha):
         return "matched"
     m = _BUDGET_RE.match(budget)
-    return {"d": "depth", "r": "ratio", "p": "density", "k": "segments"}.get(m[1], budget) if m else budget
+    return {"a": "alpha", "d": "depth", "r": "ratio", "p": "density", "k": "segments"}.get(m[1], budget) if m else budget
+
+
+def matched_rows(agg: pd.DataFrame, matched_alpha: str, with_reference: bool = True) -> pd.DataFrame:
+    """The rows compared "at the depth SLS chose": SLS itself at ``matched_alpha`` only, every
+    ``matched`` result, and (``with_reference``) each PETL's unpruned model.
+
+    Other SLS alphas and SLS variants (``sls_raw`` ...) are left out: their depth is not the one the
+    baselines were matched to.
+    """
+    keep = (agg["budget"] == "matched") | ((agg["method"] == "sls") & (agg["budget"] == matched_alpha))
+    if with_reference:
+        keep |= agg["method"] == FINETUNE
+    return agg[keep]
+
+
+COLLAPSED_MARK = "†"  # after a number whose model collapsed (its accuracy interval reaches chance)
 
 
 def budget_order(budget: str) -> tuple:
@@ -129,7 +148,21 @@ def aggregate(
     stats.columns = [f"{m}_{s}" for m, s in stats.columns]
     stats.insert(0, "n_seeds", grouped["seed"].nunique())
     stats.insert(0, "n", grouped.size())
+    if "top1" in df:
+        stats[["top1_lo", "top1_hi"]] = grouped.apply(_top1_interval, include_groups=False).tolist()
+    if "collapsed" in df:
+        stats["collapsed"] = grouped["collapsed"].agg(lambda c: any(isinstance(v, str) and v for v in c))
     return sort_results(stats.reset_index())
+
+
+def _top1_interval(rows: pd.DataFrame) -> tuple[float, float]:
+    """One result: its Wilson interval over test images; several (seeds, draws): Student t over them."""
+    from petlprune.report.stats import t_interval
+
+    if len(rows) == 1:
+        return (float(rows["top1_lo"].iloc[0]), float(rows["top1_hi"].iloc[0])) if "top1_lo" in rows else (np.nan, np.nan)
+    _, lo, hi = t_interval(rows["top1"].tolist())
+    return lo, hi
 
 
 def mean_std(mean: float, std: float = np.nan, digits: int = 1) -> str:
@@ -182,6 +215,12 @@ def result_table(agg: pd.DataFrame) -> pd.DataFrame:
     for header, metric, fmt in _RESULT_COLUMNS:
         if f"{metric}_mean" in agg:
             out[header] = [fmt(m, s) for m, s in zip(agg[f"{metric}_mean"], agg[f"{metric}_std"], strict=True)]
+    if "top1_lo" in agg and "top-1 %" in out:
+        from petlprune.report.stats import format_interval
+
+        out["top-1 %"] = [format_interval(m, lo, hi) for m, lo, hi in zip(agg["top1_mean"], agg["top1_lo"], agg["top1_hi"])]
+    if "collapsed" in agg and "top-1 %" in out:
+        out["top-1 %"] = [f"{c} {COLLAPSED_MARK}" if f else c for c, f in zip(out["top-1 %"], agg["collapsed"].astype(bool))]
     return out.reset_index(drop=True)
 
 
@@ -209,21 +248,37 @@ def comparison_table(agg: pd.DataFrame, metric: str = "top1", digits: int = 1) -
     stds = agg.pivot_table(index=index, columns="task", values=f"{metric}_std", dropna=False, sort=False)
     means = means.reindex(columns=tasks).dropna(how="all")
     stds = stds.reindex(index=means.index, columns=tasks)
-    cells = pd.DataFrame(
-        {t: [mean_std(m, s, digits) for m, s in zip(means[t], stds[t], strict=True)] for t in tasks},
-        index=means.index,
-    )
+    if metric == "top1" and "top1_lo" in agg:
+        from petlprune.report.stats import format_interval
+
+        los, his = (agg.pivot_table(index=index, columns="task", values=c, dropna=False, sort=False)
+                    .reindex(index=means.index, columns=tasks) for c in ("top1_lo", "top1_hi"))
+        cells = pd.DataFrame({t: [format_interval(m, lo, hi, digits) for m, lo, hi in
+                                  zip(means[t], los[t], his[t], strict=True)] for t in tasks}, index=means.index)
+    else:
+        cells = pd.DataFrame(
+            {t: [mean_std(m, s, digits) for m, s in zip(means[t], stds[t], strict=True)] for t in tasks},
+            index=means.index,
+        )
+    if "collapsed" in agg:
+        flags = (agg.assign(collapsed=agg["collapsed"].astype(bool))
+                 .pivot_table(index=index, columns="task", values="collapsed", aggfunc="any", dropna=False, sort=False)
+                 .reindex(index=means.index, columns=tasks).fillna(False).astype(bool))
+        for t in tasks:
+            cells[t] = [f"{c} {COLLAPSED_MARK}" if f else c for c, f in zip(cells[t], flags[t], strict=True)]
     complete = means.notna().all(axis=1)
     cells["mean"] = [mean_std(v, np.nan, digits) for v in means.mean(axis=1).where(complete)]
     return _row_frame(agg, cells)
 
 
 def rank_table(agg: pd.DataFrame, metric: str = "top1_mean", higher_is_better: bool = True) -> pd.DataFrame:
-    """Per-task rank of each method × budget row (1 = best, ties share the better rank) and the mean rank."""
+    """Per-task rank of each method × budget row within its PETL (1 = best, ties share the better
+    rank) and the mean rank: methods pruning different PETLs start from different models, so they
+    are never ranked against each other."""
     index = ["petl", "method", "budget"]
     values = agg.pivot_table(index=index, columns="task", values=metric, dropna=False, sort=False)
     values = values.dropna(how="all")
-    ranks = values.rank(axis=0, ascending=not higher_is_better, method="min")
+    ranks = values.groupby(level="petl", sort=False).rank(ascending=not higher_is_better, method="min")
     ranks["mean rank"] = ranks.mean(axis=1).round(2)
     return _row_frame(agg, ranks)
 

@@ -64,7 +64,7 @@ def finetune(
     """Build, train and evaluate one task model.
 
     Returns:
-        (model, metrics without provenance).
+        (model, metrics without provenance, the evaluation with its per-image predictions).
     """
     from petlprune.data.vtab import VTABDataset, load_meta, make_loader
     from petlprune.models.backbone import data_config
@@ -106,7 +106,7 @@ def finetune(
         "train": cfg.to_dict(),
         "history": history,
     }
-    return model.cpu(), metrics
+    return model.cpu(), metrics, result
 
 
 def run(args: argparse.Namespace) -> None:
@@ -115,7 +115,9 @@ def run(args: argparse.Namespace) -> None:
     from petlprune.train import peak_memory_mb, select_device
 
     t0 = time.perf_counter()
-    model, metrics = finetune(args.data, args.backbone, args.petl, args.petl_options, args.train,
+    from petlprune.train import save_predictions
+
+    model, metrics, result = finetune(args.data, args.backbone, args.petl, args.petl_options, args.train,
                               seed=args.seed, threads=args.threads, val=args.val, device=args.device)
     dev = select_device(args.device)
     save_task_model(args.out / "model.pt", model, backbone=args.backbone, petl=args.petl,
@@ -126,4 +128,5 @@ def run(args: argparse.Namespace) -> None:
         peak_memory_mb=peak_memory_mb(dev), threads=args.threads, argv=getattr(args, "argv", None),
         backbone=str(args.backbone), data=str(args.data),
     )
+    save_predictions(args.out / "predictions.npz", metrics["eval_split"], pred=result)
     atomic_write_json(args.out / "metrics.json", metrics)  # written last: its presence means the run finished

@@ -8,6 +8,12 @@ next to it, atomically.
 A method with a ``deploy(model, plan)`` hook (SPA, fine-pruning) is timed, and its FLOPs and forward
 parameters counted, in its deployed form (channels sliced); an unpruned SPLoRA model deploys fused.
 What a task stores is always counted on the task model as loaded (masks, not slices).
+
+Timing is interleaved: after each model's counts, every model of the job is timed round-robin, one
+pass of each model per repeat at each batch size, on the same device with the same threads. A slow
+moment of the machine then hits every model alike, and repeat ``i`` of two models are paired:
+``throughput[bs]["times_s"]`` holds the per-repeat seconds of one batch, from which the report
+bootstraps the interval of a speed-up ratio (``report.stats.speedup_interval``).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from pathlib import Path
 
 from petlprune.stages._args import non_negative_int, positive_int
 
-__all__ = ["add_arguments", "run", "deployed_model", "has_deployed_form"]
+__all__ = ["add_arguments", "run", "deployed_model", "has_deployed_form", "interleaved_times"]
 
 
 def _deploy_fn(info: dict):
@@ -51,6 +57,39 @@ def deployed_model(model, info: dict):
 
 
 
+def interleaved_times(models: list, batch_sizes, *, image_size: int, warmup: int, repeats: int,
+                      device: str) -> list[dict[str, list[float]]]:
+    """Per-repeat seconds of one batch of every model, timed round-robin (repeat i of all models together).
+
+    Args:
+        models: the models, already on ``device`` in eval mode.
+        batch_sizes: batch sizes to time.
+        image_size: side of the square input images.
+        warmup: untimed passes of each model before the first repeat (at each batch size).
+        repeats: timed passes per model and batch size.
+        device: where they run.
+
+    Returns:
+        Per model, batch size (str) → the list of ``repeats`` times in seconds.
+    """
+    from petlprune.measure import input_shape_of, throughput
+
+    out: list[dict[str, list[float]]] = [{} for _ in models]
+    for b in batch_sizes:
+        shapes = [input_shape_of(m, image_size) for m in models]
+        for m, shape in zip(models, shapes):
+            if warmup:
+                throughput(m, int(b), input_shape=shape, warmup=warmup - 1, repeats=1, device=device)
+        times: list[list[float]] = [[] for _ in models]
+        for _ in range(repeats):
+            for i, (m, shape) in enumerate(zip(models, shapes)):
+                t = throughput(m, int(b), input_shape=shape, warmup=0, repeats=1, device=device)
+                times[i].append(t["latency_ms"] / 1e3)
+        for i in range(len(models)):
+            out[i][str(int(b))] = times[i]
+    return out
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model_dirs", nargs="+", type=Path, metavar="MODEL_DIR",
                         help="directories holding model.pt; efficiency.json is written into each")
@@ -74,6 +113,7 @@ def run(args: argparse.Namespace) -> None:
     if missing:
         raise SystemExit(f"petlprune measure: model file(s) not found: {', '.join(missing)}")
     torch.set_num_threads(args.threads)
+    timed, results = [], []
     for model_dir in args.model_dirs:
         model, info = load_task_model(model_dir / "model.pt", args.backbone)
         plan = info.get("plan")
@@ -88,21 +128,35 @@ def run(args: argparse.Namespace) -> None:
             image_size=args.image_size,
             batch_sizes=args.batch_sizes,
             plan=plan,
-            warmup=args.warmup,
-            repeats=args.repeats,
+            warmup=0,
+            repeats=1,  # counts only: the timings below are interleaved across the models
             device=args.device,
         )
         if stored is not None:
             result.update(params_stored=stored["total"],
                           stored_breakdown={k: stored[k] for k in ("petl", "head", "plan", "backbone")},
                           deployed=True)
+        timed.append(deployed.eval())
+        results.append(result)
+        del model
+    per_model = interleaved_times(timed, args.batch_sizes, image_size=args.image_size, warmup=args.warmup,
+                                  repeats=args.repeats, device=args.device)
+    import numpy as np
+
+    for model_dir, result, times in zip(args.model_dirs, results, per_model):
+        for b, ts in times.items():
+            median = float(np.median(ts))
+            q25, q75 = np.percentile(ts, [25, 75])
+            result["throughput"][b] = {"images_per_s": int(b) / median, "latency_ms": median * 1e3,
+                                       "latency_ms_iqr": float(q75 - q25) * 1e3, "times_s": ts}
+        result.update(warmup=int(args.warmup), repeats=int(args.repeats), timing="interleaved",
+                      interleaved_with=[str(d) for d in args.model_dirs])
         atomic_write_json(model_dir / "efficiency.json", result)
-        timed = ", ".join(
+        timed_str = ", ".join(
             f"bs{b}: {t['images_per_s']:.0f} img/s {t['latency_ms']:.2f} ms" for b, t in result["throughput"].items()
         )
         print(
             f"{model_dir}: forward {result['params_forward']:,} params, stored {result['params_stored']:,}, "
-            f"{result['flops_per_image'] / 1e6:.2f} MFLOPs/image, {timed}",
+            f"{result['flops_per_image'] / 1e6:.2f} MFLOPs/image, {timed_str}",
             flush=True,
         )
-        del model

@@ -50,7 +50,9 @@ def run(args: argparse.Namespace) -> None:
     from petlprune.models.build import load_task_model, save_task_model
     from petlprune.models.petl import mark_trainable
     from petlprune.stages.features import task_dataset
-    from petlprune.train import TrainConfig, evaluate, fit, peak_memory_mb, select_device, set_determinism
+    from petlprune.train import (
+        TrainConfig, evaluate, fit, peak_memory_mb, save_predictions, select_device, set_determinism,
+    )
 
     t0 = time.perf_counter()
     cfg = TrainConfig.from_dict(args.train, source="--train")
@@ -127,4 +129,5 @@ def run(args: argparse.Namespace) -> None:
             backbone=str(args.backbone), data=str(args.data), model=str(args.model), plan=str(args.plan),
         ),
     }
+    save_predictions(args.out / "predictions.npz", eval_split, pred=after, before_retrain=before)
     atomic_write_json(args.out / "metrics.json", metrics)  # written last: its presence means the run finished

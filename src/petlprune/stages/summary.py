@@ -2,7 +2,8 @@
 
 One row per task × petl × seed × method key × budget (the unpruned fine-tune is method
 ``finetune``, budget ``none``), with the columns of ``petlprune.report.COLUMNS``: accuracies in
-percent, measured costs, speed-ups against the unpruned model of the same run, PPT.
+percent with their 95% Wilson interval (``top1_lo``/``top1_hi``), the run's chance rate and whether
+the model collapsed, measured costs, speed-ups against the unpruned model of the same run, PPT.
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     from petlprune.report import load_results, write_summary
 
-    df = load_results(args.results)
+    skipped: list[str] = []
+    df = load_results(args.results, skipped)
+    for note in skipped:
+        print(f"left out: {note}", flush=True)
     write_summary(df, args.out)
     print(f"{args.out}: {len(df)} results, {df['task'].nunique()} tasks, "
           f"{df['method'].nunique()} methods (incl. the unpruned reference), seeds {sorted(df['seed'].unique())}",

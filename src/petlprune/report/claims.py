@@ -1,0 +1,398 @@
+"""The headline claims of the four papers, each judged on the results tree: a verdict, its evidence.
+
+A claim compares arms (a method instance at a budget) on the same task, PETL and seed. Accuracy parts
+are paired differences over the same test images (``stats.combine_seeds`` over every task × seed),
+speed parts speed-up ratios from interleaved per-repeat timings, storage parts exact counts. The
+verdict:
+
+- ``supported``: every part is a win (its interval excludes 0 in the claimed direction);
+- ``contradicted``: some part is a loss (its interval excludes 0 the other way);
+- ``inconclusive``: no loss, but some interval covers 0 (or a part could not be measured);
+- ``not run in this tier``: an arm is missing; the verdict names it and the tiers that run it.
+
+Collapsed runs (``collapsed`` non-empty in the tidy table) never enter a verdict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from petlprune.io import read_json
+from petlprune.report import stats
+from petlprune.report.load import FINETUNE
+
+__all__ = ["CLAIMS", "ClaimResult", "Arm", "evaluate_claims", "reference_rows", "verdict_line", "claim_figure",
+           "paired_versus", "describe_difference", "speedup_versus"]
+
+SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_RUN = "supported", "contradicted", "inconclusive", "not run in this tier"
+LAYER_SELECTORS = ("sls", "last_k", "random", "block_influence", "angular", "taylor_layer")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One side of a comparison: a method instance at a budget kind, optionally filtered further.
+
+    Args:
+        label: how the page names the arm.
+        method: instance name in the tidy table (``method`` column).
+        budget: a budget (``matched``), ``alpha`` (SLS at ``matched_alpha``), or a budget prefix (``p``, ``r``).
+        where: an extra row filter (e.g. Pear's knowledge checkpoint), or None.
+        tier_test: does a tier's config ``{"methods", "budgets"}`` run this arm?
+    """
+
+    label: str
+    method: str
+    budget: str
+    where: Callable[[pd.DataFrame], pd.Series] | None = None
+    tier_test: Callable[[Mapping], bool] | None = None
+
+    def rows(self, df: pd.DataFrame, matched_alpha: str) -> pd.DataFrame:
+        if self.method == FINETUNE:
+            return reference_rows(df)
+        if self.method == "pear" and "share" in df:
+            # every Pear instance (variants have their own names) that shares: its plan says so
+            rows = df[df["share"].notna() & (df["share"].astype(str) != "none") & (df["method"] != "adapter_drop")]
+        else:
+            rows = df[df["method"] == self.method]
+        if self.budget == "alpha":
+            rows = rows[rows["budget"] == matched_alpha]
+        elif self.budget == "matched":
+            rows = rows[rows["budget"] == "matched"]
+        else:
+            rows = rows[rows["budget"].str.startswith(self.budget)]
+        return rows[self.where(rows)] if self.where is not None and not rows.empty else rows
+
+    def in_tier(self, tier: Mapping) -> bool:
+        if self.method == FINETUNE:
+            return True
+        if self.tier_test is not None:
+            return self.tier_test(tier)
+        budgets = (tier.get("budgets") or {}).get(self.method) or []
+        kind = "a" if self.budget == "alpha" else self.budget
+        return any(b == kind or (kind != "matched" and b.startswith(kind)) for b in budgets)
+
+
+def reference_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The unpruned reference of each run (task × PETL × seed), the one place it is chosen.
+
+    The re-trained unpruned model when the tier has one (an instance named ``{petl}_unpruned``, or
+    ``last_k`` at the full depth: trained as long as every pruned model), else the fine-tune itself.
+    """
+    out = []
+    for _, run in df.groupby(["task", "petl", "seed"], sort=False):
+        ft = run[run["method"] == FINETUNE]
+        full = ft["depth"].max() if not ft.empty else np.nan
+        retrained = run[(run["method"] == f"{run['petl'].iloc[0]}_unpruned")
+                        | ((run["method"] == "last_k") & (run["depth"] == full) & (run["budget"] != "matched"))]
+        out.append(retrained.iloc[:1] if not retrained.empty else ft)
+    return pd.concat(out) if out else df.iloc[0:0]
+
+
+@dataclass(frozen=True)
+class Part:
+    """One measured part of a claim: ``kind`` accuracy (A − B points), speed (× over B) or storage."""
+
+    kind: str
+    a: Arm
+    b: Arm
+    metric: str = "top1"
+    convention: str = ""
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: str
+    text: str
+    parts: tuple[Part, ...]
+
+
+@dataclass
+class ClaimResult:
+    """A claim's verdict, why, the evidence table (one row per comparison × task) and the figure data."""
+
+    claim: Claim
+    verdict: str
+    reason: str
+    evidence: pd.DataFrame = field(default_factory=pd.DataFrame)
+    excluded: list[str] = field(default_factory=list)
+
+
+def _kc(value: str, negate: bool = False) -> Callable[[pd.DataFrame], pd.Series]:
+    def where(rows: pd.DataFrame) -> pd.Series:
+        kc = rows["kc"] if "kc" in rows else pd.Series("", index=rows.index)
+        hit = kc.fillna("none").astype(str) == value
+        return ~hit if negate else hit
+    return where
+
+
+def _sharing_alone_if_run(rows: pd.DataFrame) -> pd.Series:
+    """Pear-1's arm: the sharing-only variant (kc none) where the tier runs it, else every sharing variant
+    (the paper's Pear: sharing with its knowledge checkpoint)."""
+    alone = _kc("none")(rows)
+    return alone if alone.any() else pd.Series(True, index=rows.index)
+
+
+def _pear_tier(kc_none: bool) -> Callable[[Mapping], bool]:
+    def test(tier: Mapping) -> bool:
+        for name, opts in (tier.get("methods") or {}).items():
+            if (opts or {}).get("method", name) == "pear" and name in (tier.get("budgets") or {}):
+                if (str((opts or {}).get("kc", "none")) == "none") == kc_none:
+                    return True
+        return False
+    return test
+
+
+SLS = Arm("SLS at matched_alpha", "sls", "alpha")
+DEPGRAPH = Arm("DepGraph (matched)", "depgraph", "matched")
+SGLP = Arm("SGLP (matched)", "sglp", "matched")
+PEAR = Arm("Pear (sharing; kc none where run)", "pear", "r", _sharing_alone_if_run, lambda t: _pear_tier(True)(t) or _pear_tier(False)(t))
+PEAR_SHARE = Arm("Pear (sharing alone, kc none)", "pear", "r", _kc("none"), _pear_tier(True))
+PEAR_KC = Arm("Pear (sharing + knowledge checkpoint)", "pear", "r", _kc("none", negate=True), _pear_tier(False))
+SPA = Arm("channel-SPA", "spa", "p")
+REFERENCE = Arm("unpruned (same PETL)", FINETUNE, "none")
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim("SLS-1", "At equal forward parameters, SLS's model is at least as accurate as DepGraph's and "
+          "measurably faster.", (Part("accuracy", SLS, DEPGRAPH), Part("speed", SLS, DEPGRAPH))),
+    Claim("SLS-2", "At SLS's depth, keeping the first blocks is at least as accurate as choosing blocks by "
+          "importance (block influence, angular, Taylor, SGLP).",
+          tuple(Part("accuracy", SLS, Arm(f"{m} (matched)", m, "matched"))
+                for m in ("block_influence", "angular", "taylor_layer", "sglp"))),
+    Claim("SLS-3", "SLS stores fewer parameters per task than width pruning (under both storage conventions).",
+          (Part("storage", SLS, DEPGRAPH, "params_stored", "what a task keeps"),
+           Part("storage", SLS, DEPGRAPH, "params_stored_model", "stored as a model"))),
+    Claim("SGLP-1", "At equal depth, SGLP is more accurate than the other layer-selection methods.",
+          tuple(Part("accuracy", SGLP, SLS if m == "sls" else Arm(f"{m} (matched)", m, "matched"))
+                for m in LAYER_SELECTORS)),
+    Claim("Pear-1", "At equal stored parameters, sharing kept adapters into pruned positions beats dropping them.",
+          (Part("accuracy", PEAR, Arm("adapter drop", "adapter_drop", "r")),)),
+    Claim("Pear-2", "The knowledge checkpoint improves on sharing alone.", (Part("accuracy", PEAR_KC, PEAR_SHARE),)),
+    Claim("SPA-1", "At equal density, channel-SPA is more accurate than fine-pruning while storing fewer "
+          "parameters (the paper: +6.9 points on average at 10% density, about half the parameters).",
+          (Part("accuracy", SPA, Arm("fine-pruning", "fine_pruning", "p")),
+           Part("storage", SPA, Arm("fine-pruning", "fine_pruning", "p"), "params_stored", "what a task keeps"))),
+    Claim("SPA-2", "The channel-pruned model is measurably faster than the unpruned adapted model.",
+          (Part("speed", SPA, REFERENCE),)),
+)
+
+
+# --------------------------------------------------------------------------------------------------
+def _pairs(a: pd.DataFrame, b: pd.DataFrame) -> list[tuple[pd.Series, pd.Series]]:
+    """Rows of A and B from the same task, PETL and seed (and budget when both are budgets of one kind)."""
+    out = []
+    for _, ra in a.iterrows():
+        same = b[(b["task"] == ra["task"]) & (b["petl"] == ra["petl"]) & (b["seed"] == ra["seed"])]
+        if same["budget"].isin([ra["budget"]]).any():
+            same = same[same["budget"] == ra["budget"]]
+        out += [(ra, rb) for _, rb in same.iterrows()]
+    return out
+
+
+def _predictions(row: pd.Series) -> tuple[np.ndarray, np.ndarray] | None:
+    path = row.get("predictions_path")
+    if not isinstance(path, str) or not Path(path).is_file():
+        return None
+    with np.load(path, allow_pickle=False) as npz:
+        return npz["labels"], npz["pred"]
+
+
+def paired_versus(a: pd.DataFrame, b: pd.DataFrame) -> stats.Difference | None:
+    """Accuracy of the rows ``a`` minus that of ``b``, paired on task, PETL and seed (and images), every
+    pair combined (:func:`stats.combine_seeds`); collapsed rows and rows without predictions left out.
+    None when no clean pair remains."""
+    def clean(rows):
+        return rows[~rows["collapsed"].fillna("").astype(bool)] if "collapsed" in rows else rows
+
+    strata = []
+    for ra, rb in _pairs(clean(a), clean(b)):
+        pa, pb = _predictions(ra), _predictions(rb)
+        if pa is not None and pb is not None:
+            strata.append((pa[0], pa[1], pb[1]))
+    return stats.combine_seeds(strata) if strata else None
+
+
+def speedup_versus(a: pd.DataFrame, b: pd.DataFrame, batch: str) -> list[tuple[float, float, float]]:
+    """Speed-up of each row of ``a`` over its pair in ``b`` at one batch size, from interleaved timings:
+    (ratio, lo, hi) per pair that has them."""
+    out = []
+    for ra, rb in _pairs(a, b):
+        ta, tb = _times(ra, batch), _times(rb, batch)
+        if ta is not None and tb is not None and len(ta) == len(tb):
+            out.append(stats.speedup_interval(tb, ta))
+    return out
+
+
+def describe_difference(d: stats.Difference | None, other: str) -> str:
+    """A paired difference in words: ``2.1 points below the unpruned model (−3.0 to −1.2: a loss)``."""
+    if d is None:
+        return (f"not comparable image by image with {other}: no pair of runs with predictions where neither "
+                "model collapsed")
+    interval = f"95% interval {d.lo:+.1f} to {d.hi:+.1f} points over {d.seeds} paired run(s)"
+    if d.call == "indistinguishable":
+        return f"indistinguishable from {other} ({d.diff:+.1f} points, {interval})"
+    side = "above" if d.diff > 0 else "below"
+    return f"{abs(d.diff):.1f} points {side} {other} ({interval}: a {d.call})"
+
+
+def _times(row: pd.Series, batch: str) -> np.ndarray | None:
+    path = Path(str(row.get("predictions_path") or "")).with_name("efficiency.json")
+    if not path.is_file():
+        return None
+    entry = (read_json(path).get("throughput") or {}).get(batch) or {}
+    times = entry.get("times_s")
+    return np.asarray(times, dtype=float) if times else None
+
+
+def _accuracy(part: Part, pairs, tasks) -> tuple[list[dict], str, str]:
+    rows, strata = [], []
+    for task in tasks:
+        per_task = []
+        for ra, rb in (p for p in pairs if p[0]["task"] == task):
+            pa, pb = _predictions(ra), _predictions(rb)
+            if pa is None or pb is None:
+                continue
+            per_task.append((pa[0], pa[1], pb[1]))
+        if not per_task:
+            continue
+        d = stats.combine_seeds(per_task)
+        strata += per_task
+        rows.append({"task": task, "seeds": d.seeds, "value": d.diff, "lo": d.lo, "hi": d.hi, "call": d.call})
+    if not strata:
+        return rows, INCONCLUSIVE, "no per-image predictions to pair" if pairs else "nothing to pair"
+    d = stats.combine_seeds(strata)
+    rows.append({"task": "all tasks", "seeds": d.seeds, "value": d.diff, "lo": d.lo, "hi": d.hi, "call": d.call})
+    return rows, d.call, f"{stats.format_interval(d.diff, d.lo, d.hi, signed=True)} points"
+
+
+def _speed(part: Part, pairs, tasks) -> tuple[list[dict], str, str]:
+    rows, calls = [], []
+    for ra, rb in pairs:
+        batch = max((c.removeprefix("throughput_b") for c in ra.index if c.startswith("throughput_b")
+                     and pd.notna(ra[c])), key=int, default=None)
+        ta, tb = (_times(r, batch) for r in (ra, rb)) if batch else (None, None)
+        if ta is None or tb is None or len(ta) != len(tb):
+            rows.append({"task": ra["task"], "seeds": 1, "value": np.nan, "lo": np.nan, "hi": np.nan,
+                         "call": "no interleaved timings"})
+            calls.append("indistinguishable")
+            continue
+        ratio, lo, hi = stats.speedup_interval(tb, ta)
+        call = stats.call(np.log(lo) if lo > 0 else -np.inf, np.log(hi) if hi > 0 else -np.inf)
+        rows.append({"task": ra["task"], "seeds": 1, "value": ratio, "lo": lo, "hi": hi, "call": call,
+                     "batch": batch})
+        calls.append(call)
+    verdict = "loss" if "loss" in calls else "win" if calls and all(c == "win" for c in calls) else "indistinguishable"
+    return rows, verdict, f"speed-up {_values(rows, '{:.2f}×')}"
+
+
+def _storage(part: Part, pairs, tasks) -> tuple[list[dict], str, str]:
+    rows, calls = [], []
+    for ra, rb in pairs:
+        a, b = ra.get(part.metric, np.nan), rb.get(part.metric, np.nan)
+        if pd.isna(a) or pd.isna(b):
+            rows.append({"task": ra["task"], "seeds": 1, "value": np.nan, "lo": np.nan, "hi": np.nan,
+                         "call": f"{part.convention}: not measured"})
+            calls.append("indistinguishable")
+            continue
+        call = "win" if a < b else "loss" if a > b else "indistinguishable"
+        rows.append({"task": ra["task"], "seeds": 1, "value": a / b, "lo": np.nan, "hi": np.nan, "call": call})
+        calls.append(call)
+    verdict = "loss" if "loss" in calls else "win" if calls and all(c == "win" for c in calls) else "indistinguishable"
+    return rows, verdict, f"{part.convention}: A/B {_values(rows, '{:.2f}')}"
+
+
+def _values(rows: list[dict], fmt: str) -> str:
+    """The distinct measured values of a part's rows, e.g. ``1.52×/1.61×`` (``n/a`` if none)."""
+    return "/".join(sorted({fmt.format(r["value"]) for r in rows if pd.notna(r["value"])})) or "n/a"
+
+
+_MEASURE = {"accuracy": _accuracy, "speed": _speed, "storage": _storage}
+_UNITS = {"accuracy": "A − B (points)", "speed": "speed-up of A over B (×)", "storage": "stored A / B"}
+
+
+def _missing(arm: Arm, tiers: Mapping[str, Mapping]) -> str:
+    have = [name for name, tier in tiers.items() if arm.in_tier(tier)]
+    return f"{arm.label} ({'run in the ' + ', '.join(have) + ' tier' + ('s' if len(have) > 1 else '') if have else 'in no tier yet'})"
+
+
+def evaluate_claims(
+    df: pd.DataFrame,
+    matched_alpha: str,
+    tiers: Mapping[str, Mapping] | None = None,
+    pear: pd.DataFrame | None = None,
+) -> list[ClaimResult]:
+    """Judge every claim of :data:`CLAIMS` on the tidy table.
+
+    Args:
+        df: tidy table (``load_results`` / ``read_summary``), with ``predictions_path``.
+        matched_alpha: the SLS alpha whose depth the ``matched`` budgets got.
+        tiers: tier name → its config (``methods``, ``budgets``), to name where a missing arm runs.
+        pear: Pear rows with their ``kc`` (``pear_section.pear_variants``); default: no kc known.
+    """
+    tiers = tiers or {}
+    if pear is not None and not pear.empty:
+        df = df.join(pear[["share", "kc"]], how="left") if "kc" not in df else df
+    collapsed = df["collapsed"].fillna("").astype(bool) if "collapsed" in df else pd.Series(False, index=df.index)
+    clean = df[~collapsed]
+    dropped = [f"{r.task}/{r.petl}/seed{r.seed} {r.key}-{r.budget}" for r in df[collapsed].itertuples()]
+    results = []
+    for claim in CLAIMS:
+        missing = [arm for part in claim.parts for arm in (part.a, part.b) if arm.rows(df, matched_alpha).empty]
+        present = [p for p in claim.parts if p.a not in missing and p.b not in missing]
+        if missing and (not present or claim.parts[0].a in missing or claim.id not in ("SLS-2", "SGLP-1")):
+            names = "; ".join(dict.fromkeys(_missing(a, tiers) for a in missing))
+            results.append(ClaimResult(claim, NOT_RUN, f"missing arm: {names}"))
+            continue
+        evidence, calls, reasons = [], [], []
+        for part in present:
+            pairs = _pairs(part.a.rows(clean, matched_alpha), part.b.rows(clean, matched_alpha))
+            n_all = len(_pairs(part.a.rows(df, matched_alpha), part.b.rows(df, matched_alpha)))
+            tasks = sorted({ra["task"] for ra, _ in pairs})
+            rows, call, summary = _MEASURE[part.kind](part, pairs, tasks)
+            if len(pairs) < n_all:
+                summary += f"; {n_all - len(pairs)} of {n_all} pair(s) left out as collapsed"
+            for r in rows:
+                evidence.append({"comparison": f"{part.a.label} vs {part.b.label}", "measure": _UNITS[part.kind],
+                                 **r})
+            calls.append(call if pairs else "indistinguishable")
+            reasons.append(f"{part.kind} vs {part.b.label}: {call if pairs else 'no clean pair'} ({summary})")
+        if missing:
+            reasons.append("not run: " + "; ".join(dict.fromkeys(_missing(a, tiers) for a in missing)))
+        verdict = (CONTRADICTED if "loss" in calls else SUPPORTED if calls and all(c == "win" for c in calls)
+                   else INCONCLUSIVE)
+        results.append(ClaimResult(claim, verdict, "; ".join(reasons), pd.DataFrame(evidence),
+                                   [d for d in dropped]))
+    return results
+
+
+def verdict_line(result: ClaimResult) -> str:
+    """``SLS-1 — supported: ...`` (one line for the intro page)."""
+    return f"{result.claim.id} — {result.verdict}: {result.claim.text}"
+
+
+def claim_figure(result: ClaimResult):
+    """Each comparison's per-task value with its interval, against the no-difference line."""
+    from matplotlib.figure import Figure
+
+    ev = result.evidence
+    if ev.empty or ev["value"].isna().all():
+        return None
+    ev = ev[ev["value"].notna()].reset_index(drop=True)
+    fig = Figure(figsize=(7.5, 0.45 * len(ev) + 1.4), layout="constrained")
+    ax = fig.subplots()
+    y = np.arange(len(ev))[::-1]
+    err = np.array([ev["value"] - ev["lo"].fillna(ev["value"]), ev["hi"].fillna(ev["value"]) - ev["value"]])
+    colors = ["tab:green" if c == "win" else "tab:red" if c == "loss" else "tab:gray" for c in ev["call"]]
+    for i, color in enumerate(colors):
+        ax.errorbar(ev["value"].iloc[i], y[i], xerr=err[:, i:i + 1], fmt="o", color=color, capsize=3)
+    kinds = set(ev["measure"])
+    ax.axvline(0.0 if kinds == {_UNITS["accuracy"]} else 1.0, color="black", lw=0.8, ls="--")
+    ax.set_yticks(y, [f"{c.split(' vs ')[1]} · {t}" for c, t in zip(ev["comparison"], ev["task"])], fontsize=10)
+    ax.set_xlabel(" / ".join(sorted(kinds)), fontsize=11)
+    ax.set_title(f"{result.claim.id}: {result.verdict}", fontsize=12)
+    ax.tick_params(labelsize=10)
+    return fig

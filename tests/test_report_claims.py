@@ -1,0 +1,168 @@
+"""Claims, matched tables, per-PETL ranks and collapsed runs on a fabricated tree with known answers.
+
+The tree: 2 tasks × 2 PETLs (adapter, convpass) × 2 seeds; SLS at two alphas (a0.3, the matched one,
+and a0.5); DepGraph, block influence, SGLP and last-k at ``matched``. Every model's per-image
+predictions are fabricated so that the paired differences are known exactly: a model of accuracy q
+is right on the first q·n images of one fixed order of the run's test images (so models nest),
+except block influence, right on as many images as SLS but a different set.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from petlprune import report
+from petlprune.report.claims import evaluate_claims, reference_rows
+from petlprune.report.tables import matched_rows, rank_table
+
+N, CLASSES = 400, 4  # test images per run; balanced classes: chance is 25%
+TOP1 = {"finetune": 0.85, "sls-a0.3": 0.80, "sls-a0.5": 0.90, "depgraph-matched": 0.70,
+        "block_influence-matched": 0.80, "sglp-matched": 0.60, "last_k-matched": 0.80}
+DEPTH = {"finetune": 12, "sls-a0.3": 6, "sls-a0.5": 9}
+SECONDS = {"finetune": 0.004, "sls-a0.3": 0.001, "sls-a0.5": 0.002}  # per batch; the others 0.002
+COLLAPSED_RUN = ("beta", "convpass", 1)  # its fine-tune is right on 20% of the images: below chance
+
+
+def _write(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+
+
+def _result(out: Path, task, petl, seed, name, order, labels, rng):
+    q = TOP1[name] if (task, petl, seed) != COLLAPSED_RUN or name != "finetune" else 0.20
+    right = np.zeros(N, bool)
+    if name.startswith("block_influence"):
+        right[order[40:40 + round(q * N)]] = True  # as many right as SLS a0.3, 40 others swapped in
+    else:
+        right[order[: round(q * N)]] = True
+    pred = np.where(right, labels, (labels + 1) % CLASSES)
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / "predictions.npz", labels=labels, pred=pred, split=np.array("test"))
+    depth = DEPTH.get(name, 6)
+    method, _, budget = name.partition("-")
+    _write(out / "metrics.json", {"task": task, "petl": petl, "seed": seed, "top1": float(right.mean()),
+                                  "n_eval": N, "depth": depth, "eval_split": "test", "method": method,
+                                  "budget": budget or None})
+    seconds = SECONDS.get(name, 0.002) * (1 + 0.01 * rng.standard_normal(20))
+    stored = {"finetune": 20_000, "depgraph-matched": 40_000}.get(name, 10_000)
+    _write(out / "efficiency.json", {
+        "params_forward": 1000 * depth, "params_stored": stored, "params_stored_as_model": stored * 10,
+        "flops_per_image": 1e6 * depth, "device": "cpu", "threads": 1,
+        "throughput": {"8": {"images_per_s": 8 / float(np.median(seconds)), "latency_ms": 1e3 * float(np.median(seconds)),
+                             "times_s": seconds.tolist()}}})
+
+
+def fabricate(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    for task in ("alpha", "beta"):
+        for petl in ("adapter", "convpass"):
+            for seed in (0, 1):
+                run = root / "runs" / task / petl / f"seed{seed}"
+                labels = np.arange(N) % CLASSES
+                order = np.random.default_rng(hash((task, petl, seed)) % 2**32).permutation(N)
+                for name in TOP1:
+                    out = run / ("finetune" if name == "finetune" else f"pruned/{name}")
+                    _result(out, task, petl, seed, name, order, labels, rng)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    return fabricate(tmp_path_factory.mktemp("claims"))
+
+
+@pytest.fixture(scope="module")
+def df(tree):
+    return report.load_results(tree)
+
+
+TIERS = {"default": {"methods": {"sls": {}, "depgraph": {}}, "budgets": {"sls": ["a0.3"], "depgraph": ["matched"]}},
+         "full": {"methods": {"pear": {"kc": "none"}, "adapter_drop": {}, "spa": {"petl": "splora"},
+                              "fine_pruning": {"petl": "splora"}},
+                  "budgets": {"pear": ["r0.5"], "adapter_drop": ["r0.5"], "spa": ["p0.5"], "fine_pruning": ["p0.5"]}}}
+
+
+def _by_id(df):
+    return {r.claim.id: r for r in evaluate_claims(df, "a0.3", TIERS)}
+
+
+def test_collapsed_run_is_marked_with_what_was_pruned_from_it(df):
+    ft = df[(df.task == "beta") & (df.petl == "convpass") & (df.seed == 1)]
+    assert (ft.chance == 25.0).all()
+    assert ft.loc[ft.method == "finetune", "collapsed"].item() == "collapsed"
+    assert set(ft.loc[ft.method != "finetune", "collapsed"]) == {"from fine-tune"}
+    assert (df.loc[~df.index.isin(ft.index), "collapsed"] == "").all()
+    agg = report.aggregate(df[(df.seed == 1)])
+    table = report.comparison_table(agg[agg.petl == "convpass"])
+    assert table.loc[table.method == "unpruned", "beta"].item().endswith(report.tables.COLLAPSED_MARK)
+    assert not table.loc[table.method == "unpruned", "alpha"].item().endswith(report.tables.COLLAPSED_MARK)
+
+
+def test_wilson_interval_in_the_tidy_table(df):
+    row = df[(df.task == "alpha") & (df.petl == "adapter") & (df.seed == 0) & (df.method == "sls")
+             & (df.budget == "a0.3")].iloc[0]
+    assert row.top1 == pytest.approx(80.0)
+    assert (row.top1_lo, row.top1_hi) == pytest.approx(report.stats.wilson(320, 400))
+
+
+def test_verdict_of_each_kind(df):
+    v = _by_id(df)
+    # SLS (80%) vs DepGraph (70%) on nested images: +10 points, and 2 ms vs 1 ms a batch: 2× faster
+    assert v["SLS-1"].verdict == "supported"
+    ev = v["SLS-1"].evidence
+    acc = ev[(ev.measure.str.startswith("A − B")) & (ev.task == "all tasks")].iloc[0]
+    assert acc.value == pytest.approx(10.0) and acc.lo > 0 and acc.seeds == 7  # 8 runs, one collapsed
+    speed = ev[ev.measure.str.startswith("speed")]
+    assert speed.value.between(1.9, 2.1).all() and (speed.lo > 1).all()
+    # SGLP (60%) is 20 points below SLS: the claim that it beats the other selectors is contradicted
+    assert v["SGLP-1"].verdict == "contradicted"
+    # SLS-2: a win over SGLP but a tie with block influence (same accuracy, other images): inconclusive
+    assert v["SLS-2"].verdict == "inconclusive"
+    bi = v["SLS-2"].evidence
+    bi = bi[bi.comparison.str.contains("block_influence") & (bi.task == "all tasks")].iloc[0]
+    assert bi.value == pytest.approx(0.0) and bi.lo < 0 < bi.hi and bi.call == "indistinguishable"
+    assert "angular" in v["SLS-2"].reason  # the arms this tree lacks are named
+    # stored: 10k vs 40k, as a model 100k vs 400k: fewer under both conventions
+    assert v["SLS-3"].verdict == "supported"
+    # no Pear, no SPA in this tier: not run, naming the missing arm and the tier that has it
+    for cid in ("Pear-1", "Pear-2", "SPA-1", "SPA-2"):
+        assert v[cid].verdict == "not run in this tier"
+    assert "adapter drop (run in the full tier)" in v["Pear-1"].reason
+    assert "channel-SPA (run in the full tier)" in v["SPA-1"].reason
+
+
+def test_collapsed_runs_never_enter_a_verdict(df):
+    v = _by_id(df)
+    assert any("beta/convpass/seed1" in e for e in v["SLS-1"].excluded)
+    # making every other run's SLS collapse too leaves SLS-1 without a clean pair: inconclusive
+    worse = df.copy()
+    worse.loc[worse.method == "sls", "collapsed"] = "collapsed"
+    assert _by_id(worse)["SLS-1"].verdict == "inconclusive"
+
+
+def test_matched_tables_hold_sls_only_at_matched_alpha_and_rank_per_petl(df):
+    agg = report.aggregate(df)
+    matched = matched_rows(agg, "a0.3")
+    assert set(matched.loc[matched.method == "sls", "budget"]) == {"a0.3"}
+    assert report.budget_family("a0.5", "a0.3") == "alpha" and report.budget_family("a0.3", "a0.3") == "matched"
+    ranks = rank_table(matched[matched.method != "finetune"])
+    assert set(ranks.columns) >= {"petl", "alpha", "beta", "mean rank"}
+    for petl in ("adapter", "convpass"):
+        r = ranks[ranks.petl == petl].set_index("method")["alpha"]
+        # per PETL, 5 rows: SLS, last-k and block influence tie at 80% (rank 1), DepGraph 4, SGLP 5
+        assert sorted(r.tolist()) == [1, 1, 1, 4, 5]
+        assert r["SGLP"] == 5 and r["SLS"] == 1
+
+
+def test_reference_is_chosen_in_one_place(df):
+    ref = reference_rows(df)
+    assert set(ref.method) == {"finetune"} and len(ref) == 8
+    extra = df[df.method == "finetune"].assign(method="adapter_unpruned", key="adapter_unpruned", budget="d12")
+    ref = reference_rows(pd.concat([df, extra], ignore_index=True))
+    assert set(ref.loc[ref.petl == "adapter", "method"]) == {"adapter_unpruned"}
+    assert set(ref.loc[ref.petl == "convpass", "method"]) == {"finetune"}
