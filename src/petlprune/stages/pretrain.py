@@ -89,7 +89,7 @@ def pretrain(
 
 def run(args: argparse.Namespace) -> None:
     from petlprune.io import atomic_write_json, provenance
-    from petlprune.models.backbone import create_backbone, data_config, save_backbone
+    from petlprune.models.backbone import BackboneError, create_backbone, data_config, save_backbone
     from petlprune.train import peak_memory_mb, select_device, set_determinism
 
     t0 = time.perf_counter()
@@ -102,8 +102,11 @@ def run(args: argparse.Namespace) -> None:
         if args.weights == "file" and args.checkpoint is None:
             raise SystemExit("petlprune pretrain: --weights file needs --checkpoint PATH")
         set_determinism(args.seed, args.threads)
-        model = create_backbone(args.timm_model, args.timm_kwargs, num_classes=0, weights=args.weights,
-                                checkpoint=args.checkpoint)
+        try:
+            model = create_backbone(args.timm_model, args.timm_kwargs, num_classes=0, weights=args.weights,
+                                    checkpoint=args.checkpoint)
+        except BackboneError as err:  # offline hub, wrong file: the message says what to do
+            raise SystemExit(f"petlprune pretrain: {err}") from None
         metrics = {"source": None if args.checkpoint is None else str(args.checkpoint), "top1": None}
     dc = data_config(model)
     save_backbone(args.out, model, timm_model=args.timm_model, timm_kwargs=args.timm_kwargs,
