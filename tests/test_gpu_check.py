@@ -77,3 +77,11 @@ def test_page_says_plainly_when_no_gpu_ran_it(tmp_path):
 def test_shell_entry_runs_the_script_with_a_time_limit():
     sh = (ROOT / "benchmarks/gpu_check.sh").read_text()
     assert "benchmarks/gpu_check.py" in sh and "timeout 480" in sh
+
+
+def test_the_measured_models_are_vit_b16_with_the_papers_adapter():
+    model = gpu_check._vit_b(depth=1, petl="adapter")
+    assert model.embed_dim == 768 and model.blocks[0].attn.num_heads == 12 and model.patch_embed.patch_size == (16, 16)
+    trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert "head" in trainable and "patch_embed" not in trainable and "pos_embed" not in trainable
+    assert len(gpu_check._vit_b(depth=6).blocks) == 6
