@@ -5,9 +5,8 @@
 blocks and random weights, every stage and every method instance of paper.yaml, on a fake VTAB-1k
 tree in the NOAH layout (``make_fake_vtab``: a few dozen JPEGs per task, one task grayscale, every list
 file, a SHA256SUMS manifest). What is cut is cost, never shape: epochs, images, seeds, budgets per
-method (the first of each), random draws (one), SPA's schedule (coarser steps, a few recovery
-images), t-SNE perplexity (below the image count), timing repeats. ``tests/test_paper_rehearsal.py``
-runs it on the CPU; ``benchmarks/gpu_check.py`` at the paper's full depth on a GPU.
+method (the first of each), random draws (one), the SPA family's schedules (the first density, in 2
+steps), t-SNE perplexity (below the image count), timing repeats. ``tests/test_paper_rehearsal.py`` runs it on the CPU; ``benchmarks/gpu_check.py`` at the paper's full depth on a GPU.
 
     python benchmarks/rehearsal.py OUT [--depth 4] [--tasks eurosat smallnorb_ele] [--device cpu]
     # then: snakemake -s Snakefile --directory OUT --configfile OUT/rehearsal.yaml --cores 2
@@ -112,9 +111,12 @@ def rehearsal_config(vtab: Path, results: Path, depth: int | None = 4, tasks: li
             opts["perplexity"] = min(opts.get("perplexity", 30), max(2, (scoring.stop - scoring.start - 1) // 3))
         if "draws" in opts:
             opts["draws"] = 1
-        if method in ("spa", "fine_pruning"):  # 0.5, 0.3, 0.1 in steps of 0.1; 4 recovery images a step
-            opts.update(step=0.1, recover_batches=1)
-            opts["recover"] = {**opts["recover"], "batch_size": 4}
+        # The SPA family: its first density only, reached in 2 steps (one recovery of one batch); each
+        # step of paper.yaml's schedule (5%, to 10%) trains a whole pass, too slow for 2 CPU cores.
+        if method in ("spa", "fine_pruning"):
+            opts.update(densities=[0.5], step=0.25, recover_batches=1)
+        if method == "spa_block":
+            opts.update(densities=[0.5], steps=2)
     cfg["budgets"] = {m: bs[:1] for m, bs in cfg["budgets"].items()}
     cfg["measure"] = {"batch_sizes": [1, 2], "warmup": 1, "repeats": 2, "device": device}
     # paper.yaml's per-rule resources (GPUs, memory, runtimes) kept; threads one per job.
