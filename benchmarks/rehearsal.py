@@ -6,7 +6,8 @@ blocks and random weights, every stage and every method instance of paper.yaml, 
 tree in the NOAH layout (``make_fake_vtab``: a few dozen JPEGs per task, one task grayscale, every list
 file, a SHA256SUMS manifest). What is cut is cost, never shape: epochs, images, seeds, budgets per
 method (the first of each), random draws (one), the SPA family's schedules (the first density, in 2
-steps), t-SNE perplexity (below the image count), timing repeats. ``tests/test_paper_rehearsal.py`` runs it on the CPU; ``benchmarks/gpu_check.py`` at the paper's full depth on a GPU.
+steps), t-SNE perplexity (below the image count), timing repeats. ``tests/test_paper_rehearsal.py`` runs it
+on the CPU; ``benchmarks/gpu_check.py`` at the paper's full depth on a GPU.
 
     python benchmarks/rehearsal.py OUT [--depth 4] [--tasks eurosat smallnorb_ele] [--device cpu]
     # then: snakemake -s Snakefile --directory OUT --configfile OUT/rehearsal.yaml --cores 2
