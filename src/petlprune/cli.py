@@ -28,6 +28,7 @@ STAGES: dict[str, str] = {
     "prune": "apply a Plan, evaluate, re-train, evaluate",
     "summary": "collect every result into results/summary.csv",
     "book": "assemble the jupyter-book's generated pages from the results tree",
+    "cost": "expected GPU-hours and wall time of a config's DAG on N GPUs (dry run + measured job costs)",
 }
 
 

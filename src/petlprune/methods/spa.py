@@ -144,7 +144,7 @@ def unit_scores(model: Any, raw: dict[str, Any], criterion: str) -> dict[str, An
     groups, masks = channel_groups(model), get_masks(model)
     out = {}
     for name, s in raw.items():
-        g, keep = groups[name], masks[name].bool()
+        g, keep = groups[name], masks[name].bool().to(s.device)  # scores and masks on one device
         kept = s.reshape(g["units"], g["width"])[keep].flatten()
         norm = kept.abs().sum() if criterion == "weight" else kept.norm()
         u = (s / norm.clamp_min(1e-30)).reshape(g["units"], g["width"]).mean(1)
@@ -289,11 +289,11 @@ class SPA:
             for d, kd in targets.items():
                 if kd == k:
                     masks = get_masks(model)
-                    arrays[_density_key(d)] = np.concatenate([masks[n].numpy() for n in groups]).astype(np.uint8)
+                    arrays[_density_key(d)] = np.concatenate([masks[n].cpu().numpy() for n in groups]).astype(np.uint8)
                     if opts["keep_recovered"]:
                         from petlprune.models.petl import task_state_dict
 
-                        arrays.update({f"{_RECOVERED}{d:g}:{n}": t.numpy() for n, t in task_state_dict(model).items()})
+                        arrays.update({f"{_RECOVERED}{d:g}:{n}": t.detach().cpu().numpy() for n, t in task_state_dict(model).items()})
                     reached[f"{d:g}"] = dens
             if k < max(targets.values()):  # the last step's recovery would be thrown away
                 hist = fit(model, _Batches(ctx.loader, opts["recover_batches"]), recover, device=ctx.device,

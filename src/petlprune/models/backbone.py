@@ -176,6 +176,64 @@ def _create(timm_model: str, timm_kwargs: dict[str, Any], num_classes: int, **ex
         raise
 
 
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A ``.safetensors`` state dict (what the Hugging Face hub serves timm's weights as)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise BackboneError(f"{path}: corrupt or not a safetensors file ({err})") from None
+
+
+OFFLINE_HINT = (
+    "Without network access, download the weights elsewhere (model.safetensors of the tag's "
+    "Hugging Face repo, or Google's ViT-B_16.npz) and give the local file: config backbone.checkpoint "
+    "(CLI --checkpoint PATH) with weights 'timm' or 'file'."
+)
+
+
+def _require_hub(timm_model: str, timeout: float = 3.0) -> None:
+    """Fail fast, saying how to give a local file, when a timm tag's weights need a hub that is unreachable.
+
+    Passes when the weights are already in the local Hugging Face cache, or the hub's host answers a
+    TCP connection within ``timeout`` seconds. ``HF_HUB_OFFLINE=1`` with nothing cached fails at once.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    from timm.models import get_pretrained_cfg
+
+    try:
+        cfg = get_pretrained_cfg(timm_model)  # a bare architecture name means its default tag
+    except Exception:  # noqa: BLE001 (an unknown name: timm's own error below names it)
+        return
+    hub_id = getattr(cfg, "hf_hub_id", None)
+    if cfg is None or not (hub_id or getattr(cfg, "url", None)):
+        return  # no such tag, or weights timm cannot fetch: timm's own error names it
+    if hub_id:
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        repo, _, revision = hub_id.partition("@")
+        names = [getattr(cfg, "hf_hub_filename", None), "model.safetensors", "pytorch_model.bin"]
+        if any(isinstance(try_to_load_from_cache(repo, n, revision=revision or None), str) for n in names if n):
+            return
+        if constants.HF_HUB_OFFLINE:
+            raise BackboneError(f"weights 'timm' for {timm_model!r}: HF_HUB_OFFLINE is set and {repo} is not "
+                                f"in the local cache ({constants.HF_HUB_CACHE}). {OFFLINE_HINT}")
+        url = constants.ENDPOINT
+    else:
+        url = cfg.url
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=timeout).close()
+    except OSError as err:
+        raise BackboneError(f"weights 'timm' for {timm_model!r}: cannot reach {parsed.hostname}:{port} "
+                            f"({type(err).__name__}: {err}). {OFFLINE_HINT}") from None
+
+
 def create_backbone(
     timm_model: str,
     timm_kwargs: dict[str, Any] | None = None,
@@ -219,6 +277,8 @@ def create_backbone(
             if not Path(checkpoint).is_file():
                 raise BackboneError(f"{checkpoint}: checkpoint not found")
             extra["pretrained_cfg_overlay"] = {"file": str(checkpoint)}
+        else:
+            _require_hub(timm_model)  # seconds, not the hub client's ~48 s of retries, when offline
         try:
             model = _create(timm_model, timm_kwargs, num_classes, **extra)
         except BackboneError:
@@ -235,12 +295,16 @@ def create_backbone(
             raise BackboneError("weights='file' needs checkpoint=PATH")
         path = Path(checkpoint)
         model = _create(timm_model, timm_kwargs, num_classes)
-        if path.suffix == ".npz":
-            if not path.is_file():
-                raise BackboneError(f"{path}: checkpoint not found")
-            model.load_pretrained(str(path))  # timm's loader for original JAX ViT checkpoints
+        if not path.is_file():
+            raise BackboneError(f"{path}: checkpoint not found")
+        if path.suffix == ".npz":  # Google's original ViT (ViT-B_16.npz, what SLS and V-PETL Bench load)
+            try:
+                model.load_pretrained(str(path))  # timm's reader of the JAX/Flax key layout
+            except (KeyError, ValueError, RuntimeError) as err:
+                raise BackboneError(f"{path}: not a ViT .npz checkpoint for {timm_model!r} "
+                                    f"({type(err).__name__}: {err})") from None
         else:
-            obj = load_checkpoint(path)
+            obj = _read_safetensors(path) if path.suffix == ".safetensors" else load_checkpoint(path)
             if isinstance(obj, dict) and "timm_model" in obj:
                 obj = read_backbone(path)
                 for key, want in (("timm_model", timm_model), ("timm_kwargs", timm_kwargs)):

@@ -204,7 +204,9 @@ def set_masks(model: nn.Module, masks: Mapping[str, Any]) -> nn.Module:
         raise ValueError(f"masks name unknown group(s) {unknown[:4]} (model groups: {list(groups)[:4]} ...)")
     for name, bits in masks.items():
         g = groups[name]
-        m = torch.as_tensor(bits, dtype=torch.float32).flatten()
+        # Checked on the CPU whatever the model's device (masks from a CUDA model's get_masks, lists,
+        # numpy): copy_ below moves them into the layer's buffers.
+        m = torch.as_tensor(bits).detach().to("cpu", torch.float32).flatten()
         if m.numel() != g["units"] or not torch.isin(m, torch.tensor([0.0, 1.0])).all():
             raise ValueError(f"mask {name}: expected {g['units']} values in {{0, 1}}, got {m.numel()}")
         if not m.any():
@@ -216,12 +218,16 @@ def set_masks(model: nn.Module, masks: Mapping[str, Any]) -> nn.Module:
 
 
 def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The current unit masks ``{group: (units,) float 0/1}`` read from the producers."""
+    """The current unit masks ``{group: (units,) float 0/1}`` read from the producers, on the CPU.
+
+    On the CPU whatever the model's device: the masks are bookkeeping (scores indexed by them, numpy
+    sidecars, lists in a Plan), and a CUDA model's buffers used to leak into CPU code and crash there.
+    """
     out = {}
     for name, g in channel_groups(model).items():
         m = g["producer"].mask_out
         m = m[: m.numel() // 3] if g["kind"] == "heads" else m
-        out[name] = m.reshape(g["units"], g["width"])[:, 0].clone()
+        out[name] = m.reshape(g["units"], g["width"])[:, 0].detach().cpu().clone()
     return out
 
 

@@ -115,6 +115,21 @@ def _trainer_overhead(doc: Mapping[str, Any]) -> str:
     ])
 
 
+def _gpu_check(doc: Mapping[str, Any]) -> str:
+    rows = [r for r in doc.get("throughput", []) if r.get("images_per_s") is not None]
+    parts = [f"On **{doc.get('gpu', '?')}** (CUDA {doc.get('cuda', '?')}), {_fmt(doc.get('seconds'), 0)} s in all.",
+             _table(rows, {"measurement": "measurement", "batch": "batch", "images_per_s": "images/s",
+                           "latency_ms": "ms per batch", "peak_mem_gb": "peak GPU memory (GiB)"}, 1)]
+    for key, label in (("pytest", "`pytest -m gpu`"), ("rehearsal", "Rehearsal (12 blocks, one task, real DAG)")):
+        step = doc.get(key)
+        if step:
+            what = step.get("summary") or (f"{step.get('jobs_done')} of {step.get('jobs')} jobs" if key == "rehearsal"
+                                           else "")
+            parts.append(f"{label}: **{'passed' if step.get('ok') else 'FAILED'}**, {what} "
+                         f"({_fmt(step.get('seconds'), 0)} s){'; ' + step['error'] if step.get('error') else ''}.")
+    return "\n\n".join(parts)
+
+
 # name → (section title, what it answers, renderer); the order of the page.
 BENCHMARKS: dict[str, tuple[str, str, Callable[[Mapping[str, Any]], str]]] = {
     "stage_costs": ("Cost of each stage", "Wall and CPU time per rule of the study, from Snakemake's benchmark files.",
@@ -130,6 +145,10 @@ BENCHMARKS: dict[str, tuple[str, str, Callable[[Mapping[str, Any]], str]]] = {
                        _pruned_speedup),
     "trainer_overhead": ("Trainer overhead", "`petlprune.train.fit` against a bare PyTorch loop on the same "
                          "model and data.", _trainer_overhead),
+    "gpu_check": ("GPU check", "The paper tier on a CUDA machine (`sh benchmarks/gpu_check.sh`): the `gpu` tests, "
+                  "the 12-block rehearsal, bf16 training and inference throughput of ViT-B/16, peak GPU memory. "
+                  "It runs only where a GPU is lent; if the line below says *not measured*, no GPU has run it "
+                  "for this build and no GPU figure on this page exists.", _gpu_check),
 }
 
 

@@ -103,7 +103,7 @@ def _bundled_metrics(checkpoint: Path | None) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> None:
     from petlprune.io import atomic_write_json, provenance
-    from petlprune.models.backbone import create_backbone, data_config, save_backbone
+    from petlprune.models.backbone import BackboneError, create_backbone, data_config, save_backbone
     from petlprune.train import peak_memory_mb, select_device, set_determinism
 
     t0 = time.perf_counter()
@@ -116,8 +116,11 @@ def run(args: argparse.Namespace) -> None:
         if args.weights == "file" and args.checkpoint is None:
             raise SystemExit("petlprune pretrain: --weights file needs --checkpoint PATH")
         set_determinism(args.seed, args.threads)
-        model = create_backbone(args.timm_model, args.timm_kwargs, num_classes=0, weights=args.weights,
-                                checkpoint=args.checkpoint)
+        try:
+            model = create_backbone(args.timm_model, args.timm_kwargs, num_classes=0, weights=args.weights,
+                                    checkpoint=args.checkpoint)
+        except BackboneError as err:  # offline hub, wrong file: the message says what to do
+            raise SystemExit(f"petlprune pretrain: {err}") from None
         metrics = {"source": None if args.checkpoint is None else str(args.checkpoint), "top1": None}
         if args.weights == "bundled":
             metrics = _bundled_metrics(args.checkpoint)

@@ -1,0 +1,214 @@
+"""``petlprune cost``: what a study will cost, before it runs: GPU-hours and wall time on N GPUs.
+
+Job counts and each job's resources (``gpu``, ``runtime``) come from the DAG itself: one Snakemake dry
+run (``snakemake -n``) of the given config. Seconds per job, per rule, come from the first of:
+    1. Snakemake benchmark files of an earlier run (``{results}/benchmarks/{rule}/*.tsv``, median of
+       the ``s`` column), measured on the machine that ran them;
+    2. the GPU check's JSON (``benchmarks/gpu_check.py``: ``per_job_seconds`` measured on a GPU);
+    3. an assumption, stated in the table: the rule's requested ``runtime`` (minutes), an upper bound.
+GPU-hours = sum over rules of jobs x GPUs per job x seconds per job. The wall time on N GPUs is
+GPU-hours / N: perfect packing, so a lower bound (the DAG's order and the CPU-only jobs add to it).
+
+A dry run needs the VTAB-1k list files to exist, but the DAG's shape does not depend on their content:
+when ``data.root`` is missing, the dry run reads a stub tree of empty list files instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from petlprune.stages._args import positive_int
+
+__all__ = ["add_arguments", "run", "RuleCost", "dry_run", "parse_dry_run", "rule_costs", "format_costs"]
+
+_JOB_RE = re.compile(r"^(local)?rule (\w+):\s*$")
+_RES_RE = re.compile(r"^\s+resources: (.*)$")
+VTAB_LISTS = ("train800", "val200", "train800val200", "test")
+
+
+@dataclass
+class RuleCost:
+    """One rule of the DAG: its jobs, GPUs and seconds per job, and where the seconds come from."""
+
+    rule: str
+    jobs: int
+    gpus: float
+    seconds: float | None
+    source: str
+
+    @property
+    def gpu_hours(self) -> float:
+        return self.jobs * self.gpus * (self.seconds or 0.0) / 3600
+
+    @property
+    def cpu_hours(self) -> float:
+        return 0.0 if self.gpus else self.jobs * (self.seconds or 0.0) / 3600
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--configfile", type=Path, required=True, help="the study's config (workflow/config/paper.yaml)")
+    parser.add_argument("--snakefile", type=Path, default=Path("Snakefile"), help="the workflow (default: ./Snakefile)")
+    parser.add_argument("--gpus", type=positive_int, nargs="+", default=[1, 8, 32], help="GPU counts to show wall time for")
+    parser.add_argument("--benchmarks", type=Path, default=None,
+                        help="Snakemake benchmark folder of an earlier run (default: {results}/benchmarks of the config)")
+    parser.add_argument("--gpu-check", type=Path, default=None, help="the GPU check's JSON (benchmarks/gpu_check.py)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the estimate as JSON here")
+
+
+def _stub_config(configfile: Path, tmp: Path) -> Path:
+    """The config, with a stub VTAB-1k tree (empty list files) when its data.root is missing."""
+    import yaml
+
+    cfg = yaml.safe_load(configfile.read_text())
+    data = cfg.get("data", {})
+    if data.get("kind") != "vtab" or Path(data["root"]).is_dir():
+        return configfile
+    root = tmp / "vtab-stub"
+    for task in data["tasks"]:
+        (root / task).mkdir(parents=True)
+        for split in VTAB_LISTS:
+            (root / task / f"{split}.txt").write_text("")
+    data["root"] = str(root)
+    if data.get("manifest"):
+        data["manifest"] = str(root / "SHA256SUMS")
+        (root / "SHA256SUMS").write_text("")
+    out = tmp / configfile.name
+    out.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return out
+
+
+def dry_run(configfile: Path, snakefile: Path) -> str:
+    """The text of ``snakemake -n`` (every job with its resources, then the job stats)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = _stub_config(configfile, Path(tmp))
+        done = subprocess.run(
+            [sys.executable, "-m", "snakemake", "-s", str(snakefile), "--configfile", str(cfg), "-n",
+             "--cores", "1", "--directory", str(snakefile.resolve().parent)],
+            capture_output=True, text=True, timeout=1800,
+        )
+    text = done.stdout + done.stderr
+    if done.returncode != 0:
+        raise SystemExit(f"petlprune cost: the dry run of {configfile} failed:\n{text[-3000:]}")
+    return text
+
+
+def parse_dry_run(text: str) -> tuple[dict[str, int], dict[str, dict[str, float]]]:
+    """(jobs per rule from the job stats table, resources of each rule's jobs from their blocks).
+
+    A rule's resources are the maxima over its jobs; ``local`` is 1.0 for Snakemake's localrules.
+    """
+    stats = text.rsplit("Job stats:", 1)
+    if len(stats) < 2:
+        if "Nothing to be done" in text:
+            return {}, {}
+        raise ValueError("no 'Job stats:' table in the dry run's output")
+    counts: dict[str, int] = {}
+    for line in stats[1].splitlines()[3:]:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        if parts[0] != "total":
+            counts[parts[0]] = int(parts[1])
+    resources: dict[str, dict[str, float]] = {}
+    rule = None
+    for line in stats[0].splitlines():
+        m = _JOB_RE.match(line)
+        if m:
+            rule = m.group(2)
+            resources.setdefault(rule, {})["local"] = float(m.group(1) is not None)
+            continue
+        m = _RES_RE.match(line)
+        if m and rule is not None:
+            for item in m.group(1).split(", "):
+                key, _, value = item.partition("=")
+                try:
+                    resources[rule][key] = max(resources[rule].get(key, 0.0), float(value))
+                except ValueError:
+                    pass  # tmpdir=/tmp, mem=32 GB
+            rule = None
+    return counts, resources
+
+
+def _benchmark_seconds(folder: Path | None, rule: str) -> tuple[float, int] | None:
+    """Median wall seconds of a rule's benchmark files (measure_{petl} rules share measure/)."""
+    if folder is None:
+        return None
+    group = "measure" if rule.startswith("measure_") else rule
+    files = sorted((folder / group).glob("*.tsv")) + ([folder / f"{group}.tsv"] if (folder / f"{group}.tsv").is_file() else [])
+    secs = []
+    for f in files:
+        with f.open() as fh:
+            secs += [float(row["s"]) for row in csv.DictReader(fh, delimiter="\t") if row.get("s")]
+    return (statistics.median(secs), len(files)) if secs else None
+
+
+def rule_costs(counts: dict[str, int], resources: dict[str, dict[str, float]], benchmarks: Path | None = None,
+               gpu_check: dict | None = None) -> list[RuleCost]:
+    """Cost of every rule of the dry run, seconds from benchmarks, then the GPU check, then the runtime asked."""
+    per_job = (gpu_check or {}).get("per_job_seconds", {})
+    out = []
+    for rule, jobs in counts.items():
+        res = resources.get(rule, {})
+        gpus = res.get("gpu", 0.0)
+        measured = _benchmark_seconds(benchmarks, rule)
+        if measured is not None:
+            secs, source = measured[0], f"measured: median of {measured[1]} benchmark file(s)"
+        elif rule in per_job:
+            secs, source = float(per_job[rule]), f"GPU check on {gpu_check.get('gpu', 'a GPU')}"
+        elif "runtime" in res and not res.get("local"):
+            secs, source = res["runtime"] * 60, "assumed: the requested runtime (upper bound)"
+        else:
+            secs, source = None, "no figure (runs where Snakemake runs)"
+        out.append(RuleCost(rule, jobs, gpus, secs, source))
+    return out
+
+
+def format_costs(costs: list[RuleCost], gpus: list[int]) -> str:
+    """The table of rules and the totals: GPU-hours, GPU-days, wall time on each GPU count."""
+    lines = [f"{'rule':<18}{'jobs':>7}{'gpu/job':>9}{'s/job':>10}{'GPU-h':>10}  seconds from",
+             "-" * 90]
+    for c in costs:
+        secs = "-" if c.seconds is None else f"{c.seconds:.0f}"
+        lines.append(f"{c.rule:<18}{c.jobs:>7}{c.gpus:>9g}{secs:>10}{c.gpu_hours:>10.1f}  {c.source}")
+    total = sum(c.gpu_hours for c in costs)
+    cpu = sum(c.cpu_hours for c in costs)
+    lines += ["-" * 90, f"{'total':<18}{sum(c.jobs for c in costs):>7}{'':>19}{total:>10.1f}",
+              f"GPU-hours {total:,.0f} ({total / 24:,.1f} GPU-days); CPU-only jobs {cpu:,.1f} core-job-hours"]
+    for n in gpus:
+        lines.append(f"wall time on {n} GPU(s): >= {total / n:,.1f} h ({total / n / 24:,.2f} days; perfect packing)")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> None:
+    import yaml
+
+    if not args.configfile.is_file():
+        raise SystemExit(f"petlprune cost: --configfile {args.configfile} not found")
+    if not args.snakefile.is_file():
+        raise SystemExit(f"petlprune cost: --snakefile {args.snakefile} not found (run from the repository root)")
+    benchmarks = args.benchmarks
+    if benchmarks is None:
+        results = yaml.safe_load(args.configfile.read_text()).get("results", "results")
+        benchmarks = args.snakefile.resolve().parent / results / "benchmarks"
+    gpu_check = json.loads(args.gpu_check.read_text()) if args.gpu_check else None
+    counts, resources = parse_dry_run(dry_run(args.configfile, args.snakefile))
+    costs = rule_costs(counts, resources, benchmarks if benchmarks.is_dir() else None, gpu_check)
+    print(f"cost of {args.configfile} (dry run: {sum(counts.values())} jobs)")
+    print(format_costs(costs, args.gpus))
+    if args.out is not None:
+        from petlprune.io import atomic_write_json
+
+        total = sum(c.gpu_hours for c in costs)
+        atomic_write_json(args.out, {
+            "configfile": str(args.configfile), "rules": [c.__dict__ | {"gpu_hours": c.gpu_hours} for c in costs],
+            "gpu_hours": total, "wall_hours": {str(n): total / n for n in args.gpus},
+        })
