@@ -70,5 +70,5 @@ def test_paper_rehearsal_runs_every_stage_and_method_and_builds_the_book(tmp_pat
     for f in (results / "benchmarks").rglob("*.tsv"):
         with f.open() as fh:
             cpu += sum(float(r["cpu_time"]) for r in csv.DictReader(fh, delimiter="\t"))
+    # Its cost is reported, not asserted (speed belongs in benchmarks: `python benchmarks/rehearsal.py`).
     print(f"rehearsal: {wall:.0f} s wall, {cpu:.0f} s CPU in benchmarked jobs")
-    assert cpu / 2 < 600, f"the rehearsal needs {cpu:.0f} CPU seconds: more than 10 minutes of 2 cores"
