@@ -239,8 +239,10 @@ def _efficiency_columns(eff: dict[str, Any], path: Path) -> dict[str, Any]:
         "params_forward": _num(_get(eff, "params_forward", path)),
         "params_trainable": _num(eff.get("params_trainable")),
         "params_stored": _num(_get(eff, "params_stored", path)),
-        # the second storage convention ("stored as a model"), where the measure stage records it
-        "params_stored_model": _num(eff.get("params_stored_as_model", eff.get("params_stored_model"))),
+        # the second storage convention ("stored as a model"): for a method that keeps the backbone's
+        # shape (measure writes None) the task's stored form is already everything it keeps
+        "params_stored_model": _num(eff["params_stored_as_model"] if eff.get("params_stored_as_model") is not None
+                                    else _get(eff, "params_stored", path)),
         "flops": _num(_get(eff, "flops_per_image", path)),
         "device": eff.get("device"),
         "threads": _num(eff.get("threads")),
