@@ -46,8 +46,6 @@ RESOURCES = {
     "finetune": {"threads": 1, "mem_mb": 3000},
     "measure": {"threads": 2, "mem_mb": 2000},
 }
-# Rules whose resources come from the profile alone (they take no entry of config['resources']).
-PROFILE_ONLY = {"rulegraph"}
 # Numbers that depend on the machine and its load, not on the computation.
 MACHINE_KEYS = {"provenance", "throughput", "peak_memory_mb"}
 
@@ -98,6 +96,13 @@ def _sacct(run_id: str) -> list[dict]:
     return [dict(zip(fields, line.split("|"), strict=True)) for line in out.splitlines() if line]
 
 
+def _local_rules() -> set[str]:
+    """The Snakefile's `localrules:` (they run where Snakemake runs, never through sbatch)."""
+    block = re.search(r"^localrules:\n((?:[ \t]+\w+,?\n)+)", (ROOT / "Snakefile").read_text(), flags=re.M)
+    assert block, "no localrules: block in the Snakefile"
+    return set(re.findall(r"\w+", block.group(1)))
+
+
 def _rule(comment: str) -> str:
     """The plugin's --comment: rule_<rule>_wildcards_<values> (sacct shows it: job_comment)."""
     assert comment.startswith("rule_"), f"not a Snakemake job comment: {comment!r}"
@@ -141,7 +146,12 @@ def _cancel_a_running_finetune(workdir: Path, run_id: str, proc: subprocess.Pope
     """scancel the first finetune job seen running; the finished outputs at that moment."""
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline and proc.poll() is None:
-        running = [j for j in _sacct(run_id) if j["State"] == "RUNNING" and _rule(j["Comment"]) == "finetune"]
+        # squeue, not sacct: the accounting database gets a job's comment only when the job ends
+        queue = subprocess.run(["squeue", "-h", "--name", run_id, "-t", "RUNNING", "-o", "%i|%k"],
+                               capture_output=True, text=True, check=True).stdout
+        running = [dict(zip(("JobID", "Comment"), line.split("|", 1), strict=True))
+                   for line in queue.splitlines() if line]
+        running = [j for j in running if _rule(j["Comment"]) == "finetune"]
         if running:
             time.sleep(3)  # well inside the job: its Snakemake has started the command
             finished = _finished(workdir)
@@ -158,12 +168,15 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     slurm_dir, local_dir = _workdir(base / "slurm"), _workdir(base / "local")
     t0 = time.perf_counter()
 
-    # The non-local jobs the run must submit: the dry run's `rule X:` (local rules print `localrule X:`).
+    # The jobs the run must submit: every job of the dry run but those of the Snakefile's localrules.
     dry = subprocess.run(_snakemake(slurm_dir, "-n", "--profile", str(PROFILE)),
                          capture_output=True, text=True, timeout=600)
     assert dry.returncode == 0, dry.stderr[-3000:]
-    expected = collections.Counter(re.findall(r"^rule (\w+):$", dry.stdout + dry.stderr, flags=re.M))
-    assert expected["finetune"] >= 1 and "book" not in expected
+    jobs = collections.Counter(re.findall(r"^(?:local)?rule (\w+):$", dry.stdout + dry.stderr, flags=re.M))
+    local_rules = _local_rules()
+    assert {"book", "plan"} <= local_rules <= set(jobs)
+    expected = collections.Counter({r: n for r, n in jobs.items() if r not in local_rules})
+    assert expected["finetune"] >= 1 and expected["prune"] >= 1
 
     # The local reference, up to the measured models (not the notebooks), alongside the cluster run.
     local_log = base / "local.log"
@@ -189,6 +202,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     assert local_rc == 0, local_log.read_text()[-5000:]
     assert slurm_rc == 0, slurm_log.read_text()[-5000:]
     jobs = _sacct(run_id)
+    for job in jobs:  # a cancelled job's record may lack its comment: the one squeue showed
+        if job["JobID"] == cancel["job"]["JobID"] and not job["Comment"]:
+            job["Comment"] = cancel["job"]["Comment"]
     print(f"slurm test: {len(jobs)} sbatch jobs, both runs {seconds:.0f}s")
     return {"slurm": slurm_dir, "local": local_dir, "expected": expected, "jobs": jobs, "cancel": cancel,
             "log": slurm_log.read_text()}
@@ -208,8 +224,7 @@ def test_each_job_asked_slurm_for_its_rules_resources(runs):
     for job in runs["jobs"]:
         rule = _rule(job["Comment"])
         family = "measure" if rule.startswith("measure_") else rule
-        res = {"threads": 1, **profile} if rule in PROFILE_ONLY else {
-            **profile, **RESOURCES["default"], **RESOURCES.get(family, {})}
+        res = {**profile, **RESOURCES["default"], **RESOURCES.get(family, {})}
         got = (int(job["ReqCPUS"]), job["ReqMem"], job["Timelimit"])
         want = (res["threads"], f"{res['mem_mb']}M", f"00:{res['runtime']:02d}:00")
         assert got == want, f"{job['Comment']}: sbatch got (cpus, mem, time) {got}, the config sets {want}"
