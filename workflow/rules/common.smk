@@ -167,5 +167,19 @@ def job_resources(rule):
 
 
 def job_threads(rule, fallback=THREADS):
-    """Threads of one rule: its config['resources'] entry, else ``fallback`` (config['threads'])."""
+    """Threads of one rule: its config['resources'] entry, else ``fallback`` (config['threads'];
+    a function is evaluated only when the config gives no threads)."""
     return _rule_resources(rule).get("threads", fallback)
+
+
+def local_cores(wildcards=None):
+    """A local run's --cores, for a rule that must have the machine to itself; else config['threads'].
+
+    Give it uncalled (``threads: job_threads("measure", local_cores)``): Snakemake then asks when it
+    builds the jobs, once it knows the executor. A cluster executor has no total number of cores
+    (``workflow.cores`` raises), and neither has the Snakemake inside each cluster job (``--mode
+    remote``, which must compute the threads the job was submitted with).
+    """
+    if workflow.local_exec and not workflow.remote_exec:
+        return workflow.cores
+    return THREADS

@@ -1,5 +1,6 @@
 # Efficiency of every model of one run, measured one model at a time with all cores (threads:
-# workflow.cores keeps other jobs off the machine while timing), torch imported once.
+# local_cores() keeps other jobs off the machine while timing; on a cluster the job's own CPUs),
+# torch imported once.
 
 MEASURE = config["measure"]
 
@@ -20,7 +21,7 @@ for _petl in ALL_PETLS:
             dirs=lambda wc, petl=_petl: model_dirs({**wc, "petl": petl}),
             batch_sizes=" ".join(str(b) for b in MEASURE["batch_sizes"]),
             device=MEASURE.get("device", "cpu"),  # paper.yaml: cuda (timing on the GPU the models run on)
-        threads: job_threads("measure", workflow.cores)
+        threads: job_threads("measure", local_cores)
         resources:
             **job_resources("measure"),
         log:
