@@ -35,6 +35,7 @@ localrules:
     probe,
     summary,
     summary_notebook,
+    claims_notebook,
     task_notebook,
     result_notebook,
     rulegraph,
