@@ -15,3 +15,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+def write_colour_task(task, n: int = 75):
+    """A tiny 3-class VTAB-layout task of noisy colour patches (train800 36, val200 9, test 30 of 75).
+
+    Args:
+        task: folder to write (``images/``, list files, ``meta.json``).
+        n: images in all.
+    """
+    import numpy as np
+
+    from petlprune.data.writer import write_split_folder
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(n) % 3
+    colours = rng.integers(0, 256, size=(3, 3))
+    images = np.clip(colours[labels][:, None, None, :] + rng.normal(0, 50, (n, 32, 32, 3)), 0, 255).astype(np.uint8)
+    write_split_folder(task, images, labels,
+                       {"train800": np.arange(36), "val200": np.arange(36, 45),
+                        "train800val200": np.arange(45), "test": np.arange(45, n)},
+                       ["r", "g", "b"], {"seed": 0, "kind": "embedded", "description": "test colours"})
+    return task

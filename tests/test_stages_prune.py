@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from conftest import write_colour_task
 from petlprune.cli import main
-from petlprune.data.writer import write_split_folder
 from petlprune.methods import Plan, Scores
 from petlprune.models.build import load_task_model
 
@@ -22,15 +22,7 @@ COMMON = ["--threads", "1", "--device", "cpu"]
 def run_dir(tmp_path_factory):
     """A tiny VTAB-layout task, a random tiny backbone and a fine-tuned adapter model."""
     root = tmp_path_factory.mktemp("study")
-    rng = np.random.default_rng(0)
-    labels = np.arange(75) % 3
-    colours = rng.integers(0, 256, size=(3, 3))
-    images = np.clip(colours[labels][:, None, None, :] + rng.normal(0, 50, (75, 32, 32, 3)), 0, 255).astype(np.uint8)
-    task = root / "data" / "colours"
-    write_split_folder(task, images, labels,
-                       {"train800": np.arange(36), "val200": np.arange(36, 45),
-                        "train800val200": np.arange(45), "test": np.arange(45, 75)},
-                       ["r", "g", "b"], {"seed": 0, "kind": "embedded", "description": "test colours"})
+    task = write_colour_task(root / "data" / "colours")
     backbone = root / "backbone" / "tiny.pt"
     main(["pretrain", "--out", str(backbone), "--timm-model", ARCH, "--timm-kwargs", json.dumps(TINY),
           "--weights", "random", "--seed", "0", "--threads", "1"])
