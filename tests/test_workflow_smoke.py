@@ -41,8 +41,9 @@ def test_smoke_study_builds_the_book_and_a_second_run_does_nothing(tmp_path: Pat
     pruned = sorted((results / "runs").glob("*/adapter/seed0/pruned/*/metrics.json"))
     # 2 tasks × (sls, last_k, random.0, BI, angular×2, taylor, sglp, depgraph, pear, adapter_drop)
     assert len(pruned) == 2 * 11
-    # instances with their own PETL run only there: spa and fine_pruning on splora, spa_block on splopa
-    assert len(sorted((results / "runs").glob("*/splora/seed0/pruned/*/metrics.json"))) == 2 * 2
+    # instances with their own PETL run only there: spa, fine_pruning and the splora_unpruned control on
+    # splora, spa_block on splopa
+    assert len(sorted((results / "runs").glob("*/splora/seed0/pruned/*/metrics.json"))) == 2 * 3
     assert len(sorted((results / "runs").glob("*/splopa/seed0/pruned/*/metrics.json"))) == 2 * 1
     pruned += sorted((results / "runs").glob("*/splo*/seed0/pruned/*/metrics.json"))
     for path in pruned:
