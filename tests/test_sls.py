@@ -117,6 +117,17 @@ def test_plans_for_alpha_and_depth_budgets(sls_scores):
         sls.plan(early, Budget.parse("d7"))
 
 
+def test_last_k_at_the_depth_sls_chose_is_sls_own_plan(sls_scores):
+    """Why no tier runs last_k at `matched`: the two Plans keep the same blocks, so the re-trained models
+    would be one model trained twice (the apply step is the same prefix cut)."""
+    early, _ = sls_scores
+    sls_plan = get("sls").plan(early, Budget.parse("a0.3"))
+    last_k = get("last_k")
+    last_k_scores = last_k.score(ScoringContext(model=None, num_blocks=len(early.values)))
+    last_k_plan = last_k.plan(last_k_scores, Budget.depth(sls_plan.depth, text="matched"))
+    assert last_k_plan.kept_blocks == sls_plan.kept_blocks and last_k_plan.is_prefix
+
+
 def test_scores_and_plan_json_round_trip(sls_scores, tmp_path):
     early, _ = sls_scores
     early.save(tmp_path / "sls.json")

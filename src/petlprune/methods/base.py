@@ -189,6 +189,8 @@ class ScoringContext:
         seed: the run's seed (random draws, t-SNE).
         options: the method's own config section.
         threads: CPU threads the method may use (e.g. openTSNE's ``n_jobs``).
+        num_blocks: the model's depth, given instead of a model to methods that declare ``needs_model
+            = False`` (their scores depend on nothing else, so the stage skips building the model).
     """
 
     model: Any = None
@@ -199,6 +201,7 @@ class ScoringContext:
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
     threads: int = 1
+    num_blocks: int | None = None
 
 
 @runtime_checkable

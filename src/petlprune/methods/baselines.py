@@ -31,6 +31,8 @@ __all__ = ["LastK", "RandomBlocks", "BlockInfluence", "Angular", "TaylorLayer"]
 
 
 def _num_blocks(method: str, ctx: ScoringContext) -> int:
+    if ctx.model is None and ctx.num_blocks is not None:
+        return ctx.num_blocks
     blocks = getattr(ctx.model, "blocks", None)
     if blocks is None:
         raise ValueError(f"method {method!r}: the scoring context has no model with `blocks`")
@@ -42,6 +44,7 @@ class LastK(DeclaredOptions, LayerPruningMethod):
     """Truncation: keep the first ``depth`` blocks, drop the rest (score = -index)."""
 
     needs: ClassVar[frozenset[str]] = frozenset()
+    needs_model: ClassVar[bool] = False  # the scores depend on the depth only
 
     def score(self, ctx: ScoringContext) -> Scores:
         start = time.perf_counter()
@@ -59,6 +62,7 @@ class RandomBlocks(DeclaredOptions, LayerPruningMethod):
     """
 
     needs: ClassVar[frozenset[str]] = frozenset()
+    needs_model: ClassVar[bool] = False  # the draw depends on (seed, draw, depth) only
     option_specs: ClassVar[tuple[Option, ...]] = (
         Option("draw", "int", 0, minimum=0, doc="index of the draw (the workflow sets it per draw)"),
     )

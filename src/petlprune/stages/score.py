@@ -38,14 +38,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from petlprune.methods import get
+
+    method = get(args.method)
+    if not getattr(method, "needs_model", True):
+        _run_without_model(args, method)
+        return
     from petlprune.analysis.features import load_features
     from petlprune.data.vtab import make_loader
-    from petlprune.methods import ScoringContext, get
+    from petlprune.methods import ScoringContext
     from petlprune.models.build import load_task_model
     from petlprune.stages.features import task_dataset
     from petlprune.train import select_device, set_determinism
 
-    method = get(args.method)
     set_determinism(args.seed, args.threads)
     device = select_device(args.device)
     model, info = load_task_model(args.model, args.backbone)
@@ -77,6 +82,40 @@ def run(args: argparse.Namespace) -> None:
         # methods that run their own pass inside score().
         scores.extra["features_seconds"] = features["seconds"]
         scores.seconds += features["seconds"]
+    _finish(args, scores, t0)
+
+
+def _run_without_model(args: argparse.Namespace, method) -> None:
+    """Score a method whose scores depend on the depth alone (last_k, random): the depth comes from the
+    fine-tune's ``metrics.json``, so the job neither imports torch nor builds the model (the DAG runs
+    one such job per run and control, and building the model was all of their time)."""
+    import json
+
+    from petlprune.methods import ScoringContext
+
+    metrics_path = args.model.parent / "metrics.json"
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"petlprune score: cannot read the fine-tune's {metrics_path} ({exc}); "
+                         f"method {args.method!r} takes the model's depth from it") from None
+    depth = metrics.get("depth")
+    if not isinstance(depth, int) or depth < 1:
+        raise SystemExit(f"petlprune score: {metrics_path} has no valid 'depth' (got {depth!r})")
+    if metrics.get("method") is not None:
+        raise SystemExit(f"petlprune score: {args.model} is already pruned (plan {metrics['method']}); "
+                         "score the fine-tuned model")
+    from petlprune.stages.prune import require_train_split
+
+    require_train_split(args.model, metrics, "train800" if args.val else SCORING_SPLIT, "score")
+    print(f"score: {args.method} on {args.model} (needs: the depth, {depth} blocks, from {metrics_path}; "
+          f"options {args.options})", flush=True)
+    t0 = time.perf_counter()
+    ctx = ScoringContext(model=None, seed=args.seed, options=args.options, threads=args.threads, num_blocks=depth)
+    _finish(args, method.score(ctx), t0)
+
+
+def _finish(args: argparse.Namespace, scores, t0: float) -> None:
     scores.save(args.out)
     shown = ", ".join("-" if v is None else f"{v:.4g}" for v in scores.values[:24])
     more = f", ... ({len(scores.values)} in all)" if len(scores.values) > 24 else ""
