@@ -5,17 +5,26 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
 from petlprune.report.load import FINETUNE
 
-__all__ = ["Arm", "Part", "Claim", "CLAIMS", "LAYER_SELECTORS", "reference_rows"]
+__all__ = ["Arm", "Part", "Claim", "CLAIMS", "LAYER_SELECTORS", "FIXED_DEPTH", "fixed_depth", "reference_rows"]
 
 LAYER_SELECTORS = ("sls", "last_k", "random", "block_influence", "angular", "taylor_layer")
+FIXED_DEPTH = "d"  # budget kind of an Arm: every fixed depth ``d{K}`` that prunes (K below the unpruned depth)
+_FIXED_RE = re.compile(r"^d(\d+)$")
+
+
+def fixed_depth(budget: object) -> int | None:
+    """The K of a fixed-depth budget ``d{K}`` (``d6`` → 6), else None (``matched``, ``a0.3``, ``d`` ...)."""
+    m = _FIXED_RE.match(budget) if isinstance(budget, str) else None
+    return int(m[1]) if m else None
 
 
 @dataclass(frozen=True)
@@ -25,7 +34,9 @@ class Arm:
     Args:
         label: how the page names the arm.
         method: instance name in the tidy table (``method`` column).
-        budget: a budget (``matched``), ``alpha`` (SLS at ``matched_alpha``), or a budget prefix (``p``, ``r``).
+        budget: a budget (``matched``, ``d6``: exactly that one), ``alpha`` (SLS at ``matched_alpha``),
+            :data:`FIXED_DEPTH` (every ``d{K}`` below the unpruned depth; :meth:`at` picks one, its label
+            ending in ``(dK)``), or a budget prefix (``p``, ``r``).
         where: an extra row filter (e.g. Pear's knowledge checkpoint), or None.
         tier_test: does a tier's config ``{"methods", "budgets"}`` run this arm?
     """
@@ -37,6 +48,7 @@ class Arm:
     tier_test: Callable[[Mapping], bool] | None = None
 
     def rows(self, df: pd.DataFrame, matched_alpha: str) -> pd.DataFrame:
+        """The rows of this arm in the tidy table ``df``."""
         if self.method == FINETUNE:
             return reference_rows(df)
         if self.method == "pear" and "share" in df:
@@ -46,8 +58,13 @@ class Arm:
             rows = df[df["method"] == self.method]
         if self.budget == "alpha":
             rows = rows[rows["budget"] == matched_alpha]
-        elif self.budget == "matched":
-            rows = rows[rows["budget"] == "matched"]
+        elif self.budget == "matched" or fixed_depth(self.budget) is not None:
+            rows = rows[rows["budget"] == self.budget]
+        elif self.budget == FIXED_DEPTH:
+            # d{full} keeps every block: the unpruned model re-trained (a control), not a selection
+            full = df.loc[df["method"] == FINETUNE, "depth"].max()
+            ks = pd.Series([fixed_depth(b) for b in rows["budget"]], index=rows.index, dtype=float)
+            rows = rows[ks.notna() & ~(ks >= full)]
         else:
             rows = rows[rows["budget"].str.startswith(self.budget)]
         return rows[self.where(rows)] if self.where is not None and not rows.empty else rows
@@ -58,8 +75,15 @@ class Arm:
         if self.tier_test is not None:
             return self.tier_test(tier)
         budgets = (tier.get("budgets") or {}).get(self.method) or []
+        if self.budget == FIXED_DEPTH:  # a tier's config does not say its backbone's depth: any d{K}
+            return any(fixed_depth(b) is not None for b in budgets)
         kind = "a" if self.budget == "alpha" else self.budget
-        return any(b == kind or (kind != "matched" and b.startswith(kind)) for b in budgets)
+        exact = kind == "matched" or fixed_depth(kind) is not None
+        return any(b == kind or (not exact and b.startswith(kind)) for b in budgets)
+
+    def at(self, budget: str) -> Arm:
+        """This fixed-depth arm at one depth ``budget`` (``d6``), its label naming it."""
+        return replace(self, label=self.label.replace("(dK)", f"({budget})"), budget=budget)
 
 
 def reference_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -91,9 +115,13 @@ class Part:
 
 @dataclass(frozen=True)
 class Claim:
+    """A claim and its parts. ``partial``: judged on the parts that ran when some arm is missing (a claim
+    against several alternatives, each a comparison of its own), not "not run" for one missing arm."""
+
     id: str
     text: str
     parts: tuple[Part, ...]
+    partial: bool = False
 
 
 def _kc(value: str, negate: bool = False) -> Callable[[pd.DataFrame], pd.Series]:
@@ -124,6 +152,7 @@ def _pear_tier(kc_none: bool) -> Callable[[Mapping], bool]:
 SLS = Arm("SLS at matched_alpha", "sls", "alpha")
 DEPGRAPH = Arm("DepGraph (matched)", "depgraph", "matched")
 SGLP = Arm("SGLP (matched)", "sglp", "matched")
+SGLP_FIXED = Arm("SGLP (dK)", "sglp", FIXED_DEPTH)
 PEAR = Arm("Pear (sharing; kc none where run)", "pear", "r", _sharing_alone_if_run, lambda t: _pear_tier(True)(t) or _pear_tier(False)(t))
 PEAR_SHARE = Arm("Pear (sharing alone, kc none)", "pear", "r", _kc("none"), _pear_tier(True))
 PEAR_KC = Arm("Pear (sharing + knowledge checkpoint)", "pear", "r", _kc("none", negate=True), _pear_tier(False))
@@ -136,13 +165,17 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("SLS-2", "At SLS's depth, keeping the first blocks is at least as accurate as choosing blocks by "
           "importance (block influence, angular, Taylor, SGLP).",
           tuple(Part("accuracy", SLS, Arm(f"{m} (matched)", m, "matched"))
-                for m in ("block_influence", "angular", "taylor_layer", "sglp"))),
+                for m in ("block_influence", "angular", "taylor_layer", "sglp")), partial=True),
     Claim("SLS-3", "SLS stores fewer parameters per task than width pruning (under both storage conventions).",
           (Part("storage", SLS, DEPGRAPH, "params_stored", "what a task keeps"),
            Part("storage", SLS, DEPGRAPH, "params_stored_model", "stored as a model"))),
+    # Equal depth twice: SLS's depth (matched) and every fixed depth dK the tier runs SGLP at. last_k is
+    # left out at matched: it keeps SLS's first blocks there, the same plan as SLS (compared already).
     Claim("SGLP-1", "At equal depth, SGLP is more accurate than the other layer-selection methods.",
           tuple(Part("accuracy", SGLP, SLS if m == "sls" else Arm(f"{m} (matched)", m, "matched"))
-                for m in LAYER_SELECTORS)),
+                for m in LAYER_SELECTORS if m != "last_k")
+          + tuple(Part("accuracy", SGLP_FIXED, Arm(f"{m} (dK)", m, FIXED_DEPTH))
+                  for m in LAYER_SELECTORS if m != "sls"), partial=True),
     Claim("Pear-1", "At equal stored parameters, sharing kept adapters into pruned positions beats dropping them.",
           (Part("accuracy", PEAR, Arm("adapter drop", "adapter_drop", "r")),)),
     Claim("Pear-2", "The knowledge checkpoint improves on sharing alone.", (Part("accuracy", PEAR_KC, PEAR_SHARE),)),

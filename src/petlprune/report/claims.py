@@ -8,7 +8,12 @@ verdict:
 - ``supported``: every part is a win (its interval excludes 0 in the claimed direction);
 - ``contradicted``: some part is a loss (its interval excludes 0 the other way);
 - ``inconclusive``: no loss, but some interval covers 0 (or a part could not be measured);
-- ``not run in this tier``: an arm is missing; the verdict names it and the tiers that run it.
+- ``not run in this tier``: an arm is missing; the verdict names it and the tiers that run it. A claim
+  against several alternatives (``Claim.partial``: SLS-2, SGLP-1) is judged on the comparisons that
+  ran and names the missing ones; it is not run only when none of its comparisons is.
+
+Equal depth is a pairing: SGLP-1 compares SGLP at SLS's depth (``matched``) and at every fixed depth
+``d{K}`` the tier runs it at, each depth a comparison of its own (``SGLP (d6) vs last_k (d6)``).
 
 Collapsed runs (``collapsed`` non-empty in the tidy table) never enter a verdict.
 """
@@ -16,7 +21,7 @@ Collapsed runs (``collapsed`` non-empty in the tidy table) never enter a verdict
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +29,7 @@ import pandas as pd
 
 from petlprune.io import read_json
 from petlprune.report import stats
-from petlprune.report.claim_defs import CLAIMS, Arm, Claim, Part, reference_rows
+from petlprune.report.claim_defs import CLAIMS, FIXED_DEPTH, Arm, Claim, Part, fixed_depth, reference_rows
 
 __all__ = ["CLAIMS", "ClaimResult", "Arm", "evaluate_claims", "reference_rows", "verdict_line", "claim_figure",
            "paired_versus", "describe_difference", "speedup_versus"]
@@ -177,8 +182,32 @@ _UNITS = {"accuracy": "A − B (points)", "speed": "speed-up of A over B (×)", 
 
 
 def _missing(arm: Arm, tiers: Mapping[str, Mapping]) -> str:
+    """A missing arm and the tiers that run it (for one depth: those that run it at other depths)."""
+    def names(have: list[str]) -> str:
+        return ", ".join(have) + " tier" + ("s" if len(have) > 1 else "")
+
     have = [name for name, tier in tiers.items() if arm.in_tier(tier)]
-    return f"{arm.label} ({'run in the ' + ', '.join(have) + ' tier' + ('s' if len(have) > 1 else '') if have else 'in no tier yet'})"
+    if have:
+        return f"{arm.label} (run in the {names(have)})"
+    if fixed_depth(arm.budget) is not None:
+        elsewhere = [name for name, tier in tiers.items() if replace(arm, budget=FIXED_DEPTH).in_tier(tier)]
+        if elsewhere:
+            return f"{arm.label} (no tier runs it at {arm.budget}; the {names(elsewhere)} at other depths)"
+    return f"{arm.label} (in no tier yet)"
+
+
+def _at_fixed_depths(parts: tuple[Part, ...], df: pd.DataFrame, matched_alpha: str) -> list[Part]:
+    """Each part between fixed-depth arms once per depth its A arm ran at (``SGLP (d6) vs last_k (d6)``):
+    equal depth is a pairing, and each depth is a comparison of its own in the evidence and the verdict.
+    A part whose A arm ran at no fixed depth stays as it is: missing, named."""
+    out = []
+    for part in parts:
+        if part.a.budget != FIXED_DEPTH:
+            out.append(part)
+            continue
+        depths = sorted(set(part.a.rows(df, matched_alpha)["budget"]), key=fixed_depth)
+        out += [replace(part, a=part.a.at(d), b=part.b.at(d)) for d in depths] or [part]
+    return out
 
 
 def evaluate_claims(
@@ -203,9 +232,12 @@ def evaluate_claims(
     dropped = [f"{r.task}/{r.petl}/seed{r.seed} {r.key}-{r.budget}" for r in df[collapsed].itertuples()]
     results = []
     for claim in CLAIMS:
-        missing = [arm for part in claim.parts for arm in (part.a, part.b) if arm.rows(df, matched_alpha).empty]
-        present = [p for p in claim.parts if p.a not in missing and p.b not in missing]
-        if missing and (not present or claim.parts[0].a in missing or claim.id not in ("SLS-2", "SGLP-1")):
+        parts = _at_fixed_depths(claim.parts, df, matched_alpha)
+        # a part still at FIXED_DEPTH: its A arm ran at no fixed depth, and naming every B too is noise
+        missing = [arm for part in parts for arm in ((part.a,) if part.a.budget == FIXED_DEPTH else (part.a, part.b))
+                   if arm.rows(df, matched_alpha).empty]
+        present = [p for p in parts if p.a not in missing and p.b not in missing]
+        if missing and (not present or not claim.partial):
             names = "; ".join(dict.fromkeys(_missing(a, tiers) for a in missing))
             results.append(ClaimResult(claim, NOT_RUN, f"missing arm: {names}"))
             continue
