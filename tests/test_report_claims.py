@@ -1,10 +1,11 @@
 """Claims, matched tables, per-PETL ranks and collapsed runs on a fabricated tree with known answers.
 
 The tree: 2 tasks × 2 PETLs (adapter, convpass) × 2 seeds; SLS at two alphas (a0.3, the matched one,
-and a0.5); DepGraph, block influence, SGLP and last-k at ``matched``. Every model's per-image
+and a0.5); DepGraph, block influence, SGLP and last-k at ``matched``; at the fixed depth ``d6`` (as the
+default tier) SGLP, last-k, one random draw, block influence and Taylor. Every model's per-image
 predictions are fabricated so that the paired differences are known exactly: a model of accuracy q
 is right on the first q·n images of one fixed order of the run's test images (so models nest),
-except block influence, right on as many images as SLS but a different set.
+except block influence, right on as many images as it would be but 40 of them swapped for others.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from petlprune.report.tables import matched_rows, rank_table
 
 N, CLASSES = 400, 4  # test images per run; balanced classes: chance is 25%
 TOP1 = {"finetune": 0.85, "sls-a0.3": 0.80, "sls-a0.5": 0.90, "depgraph-matched": 0.70,
-        "block_influence-matched": 0.80, "sglp-matched": 0.60, "last_k-matched": 0.80}
+        "block_influence-matched": 0.80, "sglp-matched": 0.60, "last_k-matched": 0.80,
+        # d6: SGLP 5 points above last-k, block influence and Taylor, 10 above the random draw
+        "sglp-d6": 0.75, "last_k-d6": 0.70, "random.0-d6": 0.65, "block_influence-d6": 0.70,
+        "taylor_layer-d6": 0.70}
 DEPTH = {"finetune": 12, "sls-a0.3": 6, "sls-a0.5": 9}
 SECONDS = {"finetune": 0.004, "sls-a0.3": 0.001, "sls-a0.5": 0.002}  # per batch; the others 0.002
 COLLAPSED_RUN = ("beta", "convpass", 1)  # its fine-tune is right on 20% of the images: below chance
@@ -37,7 +41,7 @@ def _result(out: Path, task, petl, seed, name, order, labels, rng):
     q = TOP1[name] if (task, petl, seed) != COLLAPSED_RUN or name != "finetune" else 0.20
     right = np.zeros(N, bool)
     if name.startswith("block_influence"):
-        right[order[40:40 + round(q * N)]] = True  # as many right as SLS a0.3, 40 others swapped in
+        right[order[40:40 + round(q * N)]] = True  # as many right as its q says, 40 others swapped in
     else:
         right[order[: round(q * N)]] = True
     pred = np.where(right, labels, (labels + 1) % CLASSES)
@@ -85,8 +89,9 @@ def df(tree):
 
 TIERS = {"default": {"methods": {"sls": {}, "depgraph": {}}, "budgets": {"sls": ["a0.3"], "depgraph": ["matched"]}},
          "full": {"methods": {"pear": {"kc": "none"}, "adapter_drop": {}, "spa": {"petl": "splora"},
-                              "fine_pruning": {"petl": "splora"}},
-                  "budgets": {"pear": ["r0.5"], "adapter_drop": ["r0.5"], "spa": ["p0.5"], "fine_pruning": ["p0.5"]}}}
+                              "fine_pruning": {"petl": "splora"}, "angular": {}},
+                  "budgets": {"pear": ["r0.5"], "adapter_drop": ["r0.5"], "spa": ["p0.5"], "fine_pruning": ["p0.5"],
+                              "angular": ["matched", "d4", "d8"]}}}
 
 
 def _by_id(df):
@@ -137,6 +142,60 @@ def test_verdict_of_each_kind(df):
         assert v[cid].verdict == "not run in this tier"
     assert "adapter drop (run in the full tier)" in v["Pear-1"].reason
     assert "channel-SPA (run in the full tier)" in v["SPA-1"].reason
+
+
+D6 = {"last_k": 5.0, "random": 10.0, "block_influence": 5.0, "taylor_layer": 5.0}  # SGLP − each at d6
+
+
+def _overall(result) -> pd.DataFrame:
+    """A claim's evidence over all tasks, one row per comparison."""
+    ev = result.evidence
+    return ev[ev.task == "all tasks"].set_index("comparison")
+
+
+def test_sglp1_pairs_sglp_with_every_selector_at_each_fixed_depth(df):
+    r = _by_id(df)["SGLP-1"]
+    ev = _overall(r)
+    for method, diff in D6.items():  # each at d6 against SGLP at d6, the depth in the comparison's name
+        row = ev.loc[f"SGLP (d6) vs {method} (d6)"]
+        assert row.value == pytest.approx(diff) and row.call == "win" and row.seeds == 7
+    # at matched: SLS and block influence; never last-k (SLS's own plan there: nothing new)
+    assert set(ev.index) == {f"SGLP (d6) vs {m} (d6)" for m in D6} | {
+        "SGLP (matched) vs SLS at matched_alpha", "SGLP (matched) vs block_influence (matched)"}
+    assert r.verdict == "contradicted"  # the d6 wins do not undo the 20-point loss to SLS at matched
+    # angular runs in neither kind here: named, with the tier that runs it (at other depths for d6)
+    assert "angular (matched) (run in the full tier)" in r.reason
+    assert "angular (d6) (no tier runs it at d6; the full tier at other depths)" in r.reason
+
+
+def test_sglp1_verdict_from_fixed_depths_alone(df):
+    d6_only = df[df.budget != "matched"]  # a tier whose SGLP runs at d6 only
+    r = _by_id(d6_only)["SGLP-1"]
+    assert r.verdict == "supported" and "SGLP (matched) (in no tier yet)" in r.reason
+    assert set(_overall(r).index) == {f"SGLP (d6) vs {m} (d6)" for m in D6}
+    # SGLP at d6 with the random draw's predictions (65%): 5 points below last-k, block influence, Taylor
+    worse = d6_only.copy()
+    rnd = df[(df.method == "random") & (df.budget == "d6")].set_index(["task", "petl", "seed"])["predictions_path"]
+    at = (worse.method == "sglp") & (worse.budget == "d6")
+    worse.loc[at, "predictions_path"] = [rnd[k] for k in zip(worse[at].task, worse[at].petl, worse[at].seed,
+                                                               strict=True)]
+    r = _by_id(worse)["SGLP-1"]
+    assert r.verdict == "contradicted"
+    row = _overall(r).loc["SGLP (d6) vs last_k (d6)"]
+    assert row.value == pytest.approx(-5.0) and row.call == "loss"
+    # no SGLP at any depth: not run, naming both of its kinds
+    r = _by_id(df[df.method != "sglp"])["SGLP-1"]
+    assert r.verdict == "not run in this tier" and "SGLP (matched)" in r.reason and "SGLP (dK)" in r.reason
+
+
+def test_sglp1_needs_no_last_k_at_matched_and_skips_the_full_depth(df):
+    base = _by_id(df)["SGLP-1"]
+    r = _by_id(df[~((df.method == "last_k") & (df.budget == "matched"))])["SGLP-1"]
+    assert r.verdict == base.verdict and r.evidence.equals(base.evidence)
+    # d12 keeps all 12 blocks: the unpruned model re-trained, a control and not a selection
+    d12 = df[df.method.isin(["sglp", "last_k"]) & (df.budget == "d6")].assign(budget="d12", depth=12)
+    r = _by_id(pd.concat([df, d12], ignore_index=True))["SGLP-1"]
+    assert not r.evidence.comparison.str.contains("d12").any() and "d12" not in r.reason
 
 
 def test_collapsed_runs_never_enter_a_verdict(df):

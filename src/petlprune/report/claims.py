@@ -8,15 +8,20 @@ verdict:
 - ``supported``: every part is a win (its interval excludes 0 in the claimed direction);
 - ``contradicted``: some part is a loss (its interval excludes 0 the other way);
 - ``inconclusive``: no loss, but some interval covers 0 (or a part could not be measured);
-- ``not run in this tier``: an arm is missing; the verdict names it and the tiers that run it.
+- ``not run in this tier``: an arm is missing; the verdict names it and the tiers that run it. A claim
+  against several alternatives (``Claim.partial``: SLS-2, SGLP-1) is judged on the comparisons that
+  ran and names the missing ones; it is not run only when none of its comparisons is.
+
+Equal depth is a pairing: SGLP-1 compares SGLP at SLS's depth (``matched``) and at every fixed depth
+``d{K}`` the tier runs it at, each depth a comparison of its own (``SGLP (d6) vs last_k (d6)``).
 
 Collapsed runs (``collapsed`` non-empty in the tidy table) never enter a verdict.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,91 +29,12 @@ import pandas as pd
 
 from petlprune.io import read_json
 from petlprune.report import stats
-from petlprune.report.load import FINETUNE
+from petlprune.report.claim_defs import CLAIMS, FIXED_DEPTH, Arm, Claim, Part, fixed_depth, reference_rows
 
 __all__ = ["CLAIMS", "ClaimResult", "Arm", "evaluate_claims", "reference_rows", "verdict_line", "claim_figure",
            "paired_versus", "describe_difference", "speedup_versus"]
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_RUN = "supported", "contradicted", "inconclusive", "not run in this tier"
-LAYER_SELECTORS = ("sls", "last_k", "random", "block_influence", "angular", "taylor_layer")
-
-
-@dataclass(frozen=True)
-class Arm:
-    """One side of a comparison: a method instance at a budget kind, optionally filtered further.
-
-    Args:
-        label: how the page names the arm.
-        method: instance name in the tidy table (``method`` column).
-        budget: a budget (``matched``), ``alpha`` (SLS at ``matched_alpha``), or a budget prefix (``p``, ``r``).
-        where: an extra row filter (e.g. Pear's knowledge checkpoint), or None.
-        tier_test: does a tier's config ``{"methods", "budgets"}`` run this arm?
-    """
-
-    label: str
-    method: str
-    budget: str
-    where: Callable[[pd.DataFrame], pd.Series] | None = None
-    tier_test: Callable[[Mapping], bool] | None = None
-
-    def rows(self, df: pd.DataFrame, matched_alpha: str) -> pd.DataFrame:
-        if self.method == FINETUNE:
-            return reference_rows(df)
-        if self.method == "pear" and "share" in df:
-            # every Pear instance (variants have their own names) that shares: its plan says so
-            rows = df[df["share"].notna() & (df["share"].astype(str) != "none") & (df["method"] != "adapter_drop")]
-        else:
-            rows = df[df["method"] == self.method]
-        if self.budget == "alpha":
-            rows = rows[rows["budget"] == matched_alpha]
-        elif self.budget == "matched":
-            rows = rows[rows["budget"] == "matched"]
-        else:
-            rows = rows[rows["budget"].str.startswith(self.budget)]
-        return rows[self.where(rows)] if self.where is not None and not rows.empty else rows
-
-    def in_tier(self, tier: Mapping) -> bool:
-        if self.method == FINETUNE:
-            return True
-        if self.tier_test is not None:
-            return self.tier_test(tier)
-        budgets = (tier.get("budgets") or {}).get(self.method) or []
-        kind = "a" if self.budget == "alpha" else self.budget
-        return any(b == kind or (kind != "matched" and b.startswith(kind)) for b in budgets)
-
-
-def reference_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """The unpruned reference of each run (task × PETL × seed), the one place it is chosen.
-
-    The re-trained unpruned model when the tier has one (an instance named ``{petl}_unpruned``, or
-    ``last_k`` at the full depth: trained as long as every pruned model), else the fine-tune itself.
-    """
-    out = []
-    for _, run in df.groupby(["task", "petl", "seed"], sort=False):
-        ft = run[run["method"] == FINETUNE]
-        full = ft["depth"].max() if not ft.empty else np.nan
-        retrained = run[(run["method"] == f"{run['petl'].iloc[0]}_unpruned")
-                        | ((run["method"] == "last_k") & (run["depth"] == full) & (run["budget"] != "matched"))]
-        out.append(retrained.iloc[:1] if not retrained.empty else ft)
-    return pd.concat(out) if out else df.iloc[0:0]
-
-
-@dataclass(frozen=True)
-class Part:
-    """One measured part of a claim: ``kind`` accuracy (A − B points), speed (× over B) or storage."""
-
-    kind: str
-    a: Arm
-    b: Arm
-    metric: str = "top1"
-    convention: str = ""
-
-
-@dataclass(frozen=True)
-class Claim:
-    id: str
-    text: str
-    parts: tuple[Part, ...]
 
 
 @dataclass
@@ -120,65 +46,6 @@ class ClaimResult:
     reason: str
     evidence: pd.DataFrame = field(default_factory=pd.DataFrame)
     excluded: list[str] = field(default_factory=list)
-
-
-def _kc(value: str, negate: bool = False) -> Callable[[pd.DataFrame], pd.Series]:
-    def where(rows: pd.DataFrame) -> pd.Series:
-        kc = rows["kc"] if "kc" in rows else pd.Series("", index=rows.index)
-        hit = kc.fillna("none").astype(str) == value
-        return ~hit if negate else hit
-    return where
-
-
-def _sharing_alone_if_run(rows: pd.DataFrame) -> pd.Series:
-    """Pear-1's arm: the sharing-only variant (kc none) where the tier runs it, else every sharing variant
-    (the paper's Pear: sharing with its knowledge checkpoint)."""
-    alone = _kc("none")(rows)
-    return alone if alone.any() else pd.Series(True, index=rows.index)
-
-
-def _pear_tier(kc_none: bool) -> Callable[[Mapping], bool]:
-    def test(tier: Mapping) -> bool:
-        for name, opts in (tier.get("methods") or {}).items():
-            if (opts or {}).get("method", name) == "pear" and name in (tier.get("budgets") or {}):
-                if (str((opts or {}).get("kc", "none")) == "none") == kc_none:
-                    return True
-        return False
-    return test
-
-
-SLS = Arm("SLS at matched_alpha", "sls", "alpha")
-DEPGRAPH = Arm("DepGraph (matched)", "depgraph", "matched")
-SGLP = Arm("SGLP (matched)", "sglp", "matched")
-PEAR = Arm("Pear (sharing; kc none where run)", "pear", "r", _sharing_alone_if_run, lambda t: _pear_tier(True)(t) or _pear_tier(False)(t))
-PEAR_SHARE = Arm("Pear (sharing alone, kc none)", "pear", "r", _kc("none"), _pear_tier(True))
-PEAR_KC = Arm("Pear (sharing + knowledge checkpoint)", "pear", "r", _kc("none", negate=True), _pear_tier(False))
-SPA = Arm("channel-SPA", "spa", "p")
-REFERENCE = Arm("unpruned (same PETL)", FINETUNE, "none")
-
-CLAIMS: tuple[Claim, ...] = (
-    Claim("SLS-1", "At equal forward parameters, SLS's model is at least as accurate as DepGraph's and "
-          "measurably faster.", (Part("accuracy", SLS, DEPGRAPH), Part("speed", SLS, DEPGRAPH))),
-    Claim("SLS-2", "At SLS's depth, keeping the first blocks is at least as accurate as choosing blocks by "
-          "importance (block influence, angular, Taylor, SGLP).",
-          tuple(Part("accuracy", SLS, Arm(f"{m} (matched)", m, "matched"))
-                for m in ("block_influence", "angular", "taylor_layer", "sglp"))),
-    Claim("SLS-3", "SLS stores fewer parameters per task than width pruning (under both storage conventions).",
-          (Part("storage", SLS, DEPGRAPH, "params_stored", "what a task keeps"),
-           Part("storage", SLS, DEPGRAPH, "params_stored_model", "stored as a model"))),
-    Claim("SGLP-1", "At equal depth, SGLP is more accurate than the other layer-selection methods.",
-          tuple(Part("accuracy", SGLP, SLS if m == "sls" else Arm(f"{m} (matched)", m, "matched"))
-                for m in LAYER_SELECTORS)),
-    Claim("Pear-1", "At equal stored parameters, sharing kept adapters into pruned positions beats dropping them.",
-          (Part("accuracy", PEAR, Arm("adapter drop", "adapter_drop", "r")),)),
-    Claim("Pear-2", "The knowledge checkpoint improves on sharing alone.", (Part("accuracy", PEAR_KC, PEAR_SHARE),)),
-    Claim("SPA-1", "At equal density, channel-SPA is more accurate than fine-pruning while storing fewer "
-          "parameters (the paper: +6.9 points on average at 10% density, about half the parameters).",
-          (Part("accuracy", SPA, Arm("fine-pruning", "fine_pruning", "p")),
-           Part("storage", SPA, Arm("fine-pruning", "fine_pruning", "p"), "params_stored", "what a task keeps"))),
-    Claim("SPA-2", "The channel-pruned model is measurably faster than the unpruned adapted model.",
-          (Part("speed", SPA, REFERENCE),)),
-)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -315,8 +182,32 @@ _UNITS = {"accuracy": "A − B (points)", "speed": "speed-up of A over B (×)", 
 
 
 def _missing(arm: Arm, tiers: Mapping[str, Mapping]) -> str:
+    """A missing arm and the tiers that run it (for one depth: those that run it at other depths)."""
+    def names(have: list[str]) -> str:
+        return ", ".join(have) + " tier" + ("s" if len(have) > 1 else "")
+
     have = [name for name, tier in tiers.items() if arm.in_tier(tier)]
-    return f"{arm.label} ({'run in the ' + ', '.join(have) + ' tier' + ('s' if len(have) > 1 else '') if have else 'in no tier yet'})"
+    if have:
+        return f"{arm.label} (run in the {names(have)})"
+    if fixed_depth(arm.budget) is not None:
+        elsewhere = [name for name, tier in tiers.items() if replace(arm, budget=FIXED_DEPTH).in_tier(tier)]
+        if elsewhere:
+            return f"{arm.label} (no tier runs it at {arm.budget}; the {names(elsewhere)} at other depths)"
+    return f"{arm.label} (in no tier yet)"
+
+
+def _at_fixed_depths(parts: tuple[Part, ...], df: pd.DataFrame, matched_alpha: str) -> list[Part]:
+    """Each part between fixed-depth arms once per depth its A arm ran at (``SGLP (d6) vs last_k (d6)``):
+    equal depth is a pairing, and each depth is a comparison of its own in the evidence and the verdict.
+    A part whose A arm ran at no fixed depth stays as it is: missing, named."""
+    out = []
+    for part in parts:
+        if part.a.budget != FIXED_DEPTH:
+            out.append(part)
+            continue
+        depths = sorted(set(part.a.rows(df, matched_alpha)["budget"]), key=fixed_depth)
+        out += [replace(part, a=part.a.at(d), b=part.b.at(d)) for d in depths] or [part]
+    return out
 
 
 def evaluate_claims(
@@ -341,9 +232,12 @@ def evaluate_claims(
     dropped = [f"{r.task}/{r.petl}/seed{r.seed} {r.key}-{r.budget}" for r in df[collapsed].itertuples()]
     results = []
     for claim in CLAIMS:
-        missing = [arm for part in claim.parts for arm in (part.a, part.b) if arm.rows(df, matched_alpha).empty]
-        present = [p for p in claim.parts if p.a not in missing and p.b not in missing]
-        if missing and (not present or claim.parts[0].a in missing or claim.id not in ("SLS-2", "SGLP-1")):
+        parts = _at_fixed_depths(claim.parts, df, matched_alpha)
+        # a part still at FIXED_DEPTH: its A arm ran at no fixed depth, and naming every B too is noise
+        missing = [arm for part in parts for arm in ((part.a,) if part.a.budget == FIXED_DEPTH else (part.a, part.b))
+                   if arm.rows(df, matched_alpha).empty]
+        present = [p for p in parts if p.a not in missing and p.b not in missing]
+        if missing and (not present or not claim.partial):
             names = "; ".join(dict.fromkeys(_missing(a, tiers) for a in missing))
             results.append(ClaimResult(claim, NOT_RUN, f"missing arm: {names}"))
             continue
@@ -391,7 +285,7 @@ def claim_figure(result: ClaimResult):
         ax.errorbar(ev["value"].iloc[i], y[i], xerr=err[:, i:i + 1], fmt="o", color=color, capsize=3)
     kinds = set(ev["measure"])
     ax.axvline(0.0 if kinds == {_UNITS["accuracy"]} else 1.0, color="black", lw=0.8, ls="--")
-    ax.set_yticks(y, [f"{c.split(' vs ')[1]} · {t}" for c, t in zip(ev["comparison"], ev["task"])], fontsize=10)
+    ax.set_yticks(y, [f"{c.split(' vs ')[1]} · {t}" for c, t in zip(ev["comparison"], ev["task"], strict=True)], fontsize=10)
     ax.set_xlabel(" / ".join(sorted(kinds)), fontsize=11)
     ax.set_title(f"{result.claim.id}: {result.verdict}", fontsize=12)
     ax.tick_params(labelsize=10)
