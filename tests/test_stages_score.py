@@ -60,3 +60,24 @@ def test_depth_only_score_refuses_a_pruned_model_and_a_val_choice_on_a_model_tha
     (tmp_path / "finetune" / "metrics.json").unlink()
     run = score(pruned, tmp_path / "s.json", "last_k", {})
     assert run.returncode != 0 and "metrics.json" in run.stderr
+
+
+def test_a_stage_holds_numpys_blas_to_its_threads(tmp_path: Path) -> None:
+    """The job's --threads reaches the native pools (OpenBLAS would otherwise start one thread per core)."""
+    check = (
+        "import sys\n"
+        "from petlprune.cli import main\n"
+        "code = main(sys.argv[1:])\n"
+        "from threadpoolctl import threadpool_info\n"
+        "import numpy as np\n"
+        "np.ones((64, 64)) @ np.ones((64, 64))\n"
+        "blas = [p['num_threads'] for p in threadpool_info() if p['user_api'] == 'blas']\n"
+        "assert blas and set(blas) == {1}, blas\n"
+    )
+    model = fine_tune_dir(tmp_path)
+    run = subprocess.run([sys.executable, "-c", check, "score", "--method", "last_k", "--model", str(model),
+                          "--backbone", "unused", "--data", "unused", "--features", "unused", "--options", "{}",
+                          "--seed", "0", "--threads", "1", "--out", str(tmp_path / "s.json")],
+                         capture_output=True, text=True, timeout=120, env={**__import__("os").environ,
+                                                                           "OPENBLAS_NUM_THREADS": "2"})
+    assert run.returncode == 0, run.stderr
