@@ -228,3 +228,17 @@ def test_reference_is_chosen_in_one_place(df):
     ref = reference_rows(pd.concat([df, extra], ignore_index=True))
     assert set(ref.loc[ref.petl == "adapter", "method"]) == {"adapter_unpruned"}
     assert set(ref.loc[ref.petl == "convpass", "method"]) == {"finetune"}
+
+
+def test_claim_figure_draws_each_measure_on_its_own_axis_and_no_difference_line():
+    from petlprune.report.claims import CLAIMS, ClaimResult, _UNITS, claim_figure
+
+    rows = [("SLS vs DepGraph (matched)", _UNITS["accuracy"], "digits", -2.0, -5.0, 1.0, "indistinguishable"),
+            ("SLS vs DepGraph (matched)", _UNITS["accuracy"], "textures", -6.0, -8.0, -4.0, "loss"),
+            ("SLS vs DepGraph (matched)", _UNITS["speed"], "digits", 1.1, 1.05, 1.15, "win")]
+    evidence = pd.DataFrame(rows, columns=["comparison", "measure", "task", "value", "lo", "hi", "call"])
+    fig = claim_figure(ClaimResult(CLAIMS[0], "inconclusive", "", evidence))
+    axes = fig.get_axes()
+    assert [ax.get_xlabel() for ax in axes] == [_UNITS["accuracy"], _UNITS["speed"]]
+    lines = [[ln.get_xdata()[0] for ln in ax.get_lines() if ln.get_linestyle() == "--"] for ax in axes]
+    assert lines == [[0.0], [1.0]]

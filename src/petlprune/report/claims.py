@@ -269,24 +269,30 @@ def verdict_line(result: ClaimResult) -> str:
 
 
 def claim_figure(result: ClaimResult):
-    """Each comparison's per-task value with its interval, against the no-difference line."""
+    """Each comparison's per-task value with its interval, against the no-difference line: one panel per
+    measure (points, ×, ratio), each on its own axis with its own line (0 for differences, 1 for ratios)."""
     from matplotlib.figure import Figure
 
     ev = result.evidence
     if ev.empty or ev["value"].isna().all():
         return None
     ev = ev[ev["value"].notna()].reset_index(drop=True)
-    fig = Figure(figsize=(7.5, 0.45 * len(ev) + 1.4), layout="constrained")
-    ax = fig.subplots()
-    y = np.arange(len(ev))[::-1]
-    err = np.array([ev["value"] - ev["lo"].fillna(ev["value"]), ev["hi"].fillna(ev["value"]) - ev["value"]])
-    colors = ["tab:green" if c == "win" else "tab:red" if c == "loss" else "tab:gray" for c in ev["call"]]
-    for i, color in enumerate(colors):
-        ax.errorbar(ev["value"].iloc[i], y[i], xerr=err[:, i:i + 1], fmt="o", color=color, capsize=3)
-    kinds = set(ev["measure"])
-    ax.axvline(0.0 if kinds == {_UNITS["accuracy"]} else 1.0, color="black", lw=0.8, ls="--")
-    ax.set_yticks(y, [f"{c.split(' vs ')[1]} · {t}" for c, t in zip(ev["comparison"], ev["task"], strict=True)], fontsize=10)
-    ax.set_xlabel(" / ".join(sorted(kinds)), fontsize=11)
-    ax.set_title(f"{result.claim.id}: {result.verdict}", fontsize=12)
-    ax.tick_params(labelsize=10)
+    kinds = list(dict.fromkeys(ev["measure"]))  # in the claim's order
+    sizes = [int((ev["measure"] == k).sum()) for k in kinds]
+    fig = Figure(figsize=(7.5, 0.45 * len(ev) + 1.2 * len(kinds) + 0.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(len(kinds), 1, height_ratios=sizes, squeeze=False)[:, 0])
+    for ax, kind in zip(axes, kinds, strict=True):
+        part = ev[ev["measure"] == kind]
+        y = np.arange(len(part))[::-1]
+        err = np.array([part["value"] - part["lo"].fillna(part["value"]),
+                        part["hi"].fillna(part["value"]) - part["value"]])
+        for i, call in enumerate(part["call"]):
+            color = "tab:green" if call == "win" else "tab:red" if call == "loss" else "tab:gray"
+            ax.errorbar(part["value"].iloc[i], y[i], xerr=err[:, i:i + 1], fmt="o", color=color, capsize=3)
+        ax.axvline(0.0 if kind == _UNITS["accuracy"] else 1.0, color="black", lw=0.8, ls="--")
+        ax.set_yticks(y, [f"{c.split(' vs ')[1]} · {t}" for c, t in zip(part["comparison"], part["task"],
+                                                                         strict=True)], fontsize=10)
+        ax.set_xlabel(kind, fontsize=11)
+        ax.tick_params(labelsize=10)
+    axes[0].set_title(f"{result.claim.id}: {result.verdict}", fontsize=12)
     return fig
