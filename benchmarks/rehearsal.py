@@ -3,7 +3,7 @@
 ``rehearsal_config`` derives a config from ``workflow/config/paper.yaml``: the same backbone
 (``vit_base_patch16_224``: width 768, 12 heads x 64, patch 16, 224 px input, 197 tokens) with fewer
 blocks and random weights, every stage and every method instance of paper.yaml, on a fake VTAB-1k
-tree in the NOAH layout (``make_fake_vtab``: a few dozen JPEGs per task, one task grayscale, every list
+tree in the NOAH layout (``make_fake_vtab``: a dozen JPEGs per task, one task grayscale, every list
 file, a SHA256SUMS manifest). What is cut is cost, never shape: epochs, images, seeds, budgets per
 method (the first of each), random draws (one), the SPA family's schedules (the first density, in 2
 steps), t-SNE perplexity (below the image count), timing repeats. ``tests/test_paper_rehearsal.py`` runs it
@@ -40,12 +40,15 @@ def _split_rows(n: int) -> dict[str, slice]:
             "train800val200": slice(0, train + val), "test": slice(train + val, n)}
 
 
-def make_fake_vtab(root: Path, classes: dict[str, int], n: int = 24, seed: int = 0) -> Path:
+def make_fake_vtab(root: Path, classes: dict[str, int], n: int = 12, seed: int = 0) -> Path:
     """A VTAB-1k tree in the NOAH layout under ``root``.
 
     Args:
         root: the folder to create (``{root}/{task}/images/*.jpg``, ``{root}/{task}/{list}.txt``).
-        classes: task -> number of classes (labels cycle over them).
+        classes: task -> number of classes. Labels cycle over the first ``min(k, max(2, n // 4))`` of
+            them, so that every split holds a class more than once (SLS's silhouette needs fewer
+            classes than images) while the head keeps the task's real class count (paper.yaml's
+            ``num_classes``: a class absent from the few images is what VTAB-1k can do too).
         n: images per task; tasks in :data:`GRAYSCALE` get single-channel JPEGs.
         seed: pixel seed.
 
@@ -60,12 +63,13 @@ def make_fake_vtab(root: Path, classes: dict[str, int], n: int = 24, seed: int =
         d = root / task
         (d / "images").mkdir(parents=True, exist_ok=True)
         rows = []
+        present = min(k, max(2, n // 4))
         for i in range(n):
             gray = task in GRAYSCALE
             shape = (96, 120) if gray else (96, 120, 3)  # not square, not 224: the loader resizes
             Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), "L" if gray else "RGB").save(
                 d / "images" / f"{i:04d}.jpg", quality=90)
-            rows.append(f"images/{i:04d}.jpg {i % k}")
+            rows.append(f"images/{i:04d}.jpg {i % present}")
         for split, rows_of in _split_rows(n).items():
             (d / f"{split}.txt").write_text("\n".join(rows[rows_of]) + "\n")
         for f in sorted(p for p in d.rglob("*") if p.is_file()):
@@ -74,8 +78,16 @@ def make_fake_vtab(root: Path, classes: dict[str, int], n: int = 24, seed: int =
     return root
 
 
+def _within(budget: str, depth: int | None) -> str:
+    """A depth budget past the cut backbone's depth becomes its full depth: paper.yaml's ``d12`` (every
+    block: the unpruned controls) is ``d4`` on 4 blocks, the same meaning at the rehearsal's shape."""
+    if depth and budget.startswith("d") and budget[1:].isdigit() and int(budget[1:]) > depth:
+        return f"d{depth}"
+    return budget
+
+
 def rehearsal_config(vtab: Path, results: Path, depth: int | None = 4, tasks: list[str] | None = None,
-                     n_images: int = 24, device: str = "cpu", threads: int = 1) -> dict[str, Any]:
+                     n_images: int = 12, device: str = "cpu", threads: int = 1) -> dict[str, Any]:
     """paper.yaml, cut in cost but not in shape (see the module docstring).
 
     Args:
@@ -118,7 +130,7 @@ def rehearsal_config(vtab: Path, results: Path, depth: int | None = 4, tasks: li
             opts.update(densities=[0.5], step=0.25, recover_batches=1)
         if method == "spa_block":
             opts.update(densities=[0.5], steps=2)
-    cfg["budgets"] = {m: bs[:1] for m, bs in cfg["budgets"].items()}
+    cfg["budgets"] = {m: [_within(bs[0], depth)] for m, bs in cfg["budgets"].items()}
     cfg["measure"] = {"batch_sizes": [1, 2], "warmup": 1, "repeats": 2, "device": device}
     # paper.yaml's per-rule resources (GPUs, memory, runtimes) kept; threads one per job.
     cfg["resources"] = {rule: {**res, "threads": threads} for rule, res in cfg.get("resources", {}).items()}
@@ -134,7 +146,7 @@ def prepare(workdir: Path, **kwargs: Any) -> Path:
     tasks = kwargs.get("tasks") or ["eurosat", "smallnorb_ele"]
     paper = yaml.safe_load((ROOT / "workflow/config/paper.yaml").read_text())
     vtab = make_fake_vtab(workdir / "vtab-1k", {t: paper["data"]["num_classes"][t] for t in tasks},
-                          n=kwargs.get("n_images", 24))
+                          n=kwargs.get("n_images", 12))
     cfg = rehearsal_config(vtab, workdir / "results-rehearsal", **kwargs)
     path = workdir / "rehearsal.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -146,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("workdir", type=Path)
     parser.add_argument("--depth", type=int, default=4, help="ViT-B/16 blocks (0: the paper's 12)")
     parser.add_argument("--tasks", nargs="+", default=None)
-    parser.add_argument("--images", type=int, default=24, help="images per task")
+    parser.add_argument("--images", type=int, default=12, help="images per task")
     parser.add_argument("--device", default="cpu", help="measure device")
     parser.add_argument("--threads", type=int, default=1)
     a = parser.parse_args(argv)
