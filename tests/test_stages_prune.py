@@ -147,3 +147,22 @@ def test_val_mode_refuses_a_model_that_has_seen_val200(run_dir, tmp_path):
         (r["task"] / "test.hidden").rename(r["task"] / "test.txt")
     metrics = json.loads((tmp_path / "pv" / "metrics.json").read_text())
     assert metrics["eval_split"] == "val200" and metrics["train_split"] == "train800" and metrics["n_eval"] == 9
+
+
+def test_a_validation_score_refuses_features_that_saw_val200(run_dir, tmp_path):
+    r = run_dir
+    model = tmp_path / "finetune" / "model.pt"
+    main(["finetune", "--data", str(r["task"]), "--backbone", str(r["backbone"]), "--petl", "adapter",
+          "--train", json.dumps(TRAIN), "--seed", "0", "--out", str(model.parent), "--val", *COMMON])
+    for split in ("train800", "train800val200"):
+        main(["features", "--model", str(model), "--backbone", str(r["backbone"]), "--data", str(r["task"]),
+              "--split", split, "--out", str(tmp_path / f"{split}.npz"), *COMMON])
+
+    def score(split):
+        return main(["score", "--method", "angular", "--model", str(model), "--backbone", str(r["backbone"]),
+                     "--data", str(r["task"]), "--features", str(tmp_path / f"{split}.npz"), "--options", "{}",
+                     "--seed", "0", "--out", str(tmp_path / f"angular-{split}.json"), "--val", *COMMON])
+
+    assert score("train800") == 0 and (tmp_path / "angular-train800.json").is_file()
+    with pytest.raises(SystemExit, match="ran over train800val200, which holds val200"):
+        score("train800val200")

@@ -80,13 +80,17 @@ def block_features(
 
 
 def save_features(
-    path: str | os.PathLike, cls: np.ndarray, embed: np.ndarray, labels: np.ndarray, *, seconds: float | None = None
+    path: str | os.PathLike, cls: np.ndarray, embed: np.ndarray, labels: np.ndarray, *, seconds: float | None = None,
+    split: str | None = None,
 ) -> None:
-    """Write ``features.npz`` atomically (keys :data:`FEATURE_KEYS`, plus ``seconds`` the pass took if given)."""
+    """Write ``features.npz`` atomically (keys :data:`FEATURE_KEYS`, plus ``seconds`` the pass took and the
+    ``split`` it ran over, if given: ``score --val`` refuses features that saw val200)."""
     arrays = {"cls": np.asarray(cls, np.float32), "embed": np.asarray(embed, np.float32),
               "labels": np.asarray(labels, np.int64)}
     if seconds is not None:
         arrays["seconds"] = np.float64(seconds)
+    if split is not None:
+        arrays["split"] = np.array(split)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
 
@@ -113,4 +117,6 @@ def load_features(path: str | os.PathLike) -> dict[str, np.ndarray]:
     out = {"cls": cls, "embed": embed, "labels": labels}
     if "seconds" in data:
         out["seconds"] = float(data["seconds"])
+    if "split" in data:
+        out["split"] = str(data["split"])
     return out

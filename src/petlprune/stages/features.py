@@ -54,6 +54,6 @@ def run(args: argparse.Namespace) -> None:
           f"{len(model.blocks)} blocks, device {device})", flush=True)
     t_pass = time.perf_counter()
     cls, embed, labels = block_features(model, make_loader(ds, args.batch_size, shuffle=False, seed=0), device)
-    save_features(args.out, cls, embed, labels, seconds=time.perf_counter() - t_pass)
+    save_features(args.out, cls, embed, labels, seconds=time.perf_counter() - t_pass, split=args.split)
     print(f"features: wrote {args.out} cls {cls.shape} embed {embed.shape} labels {labels.shape} "
           f"in {time.perf_counter() - t0:.1f}s", flush=True)

@@ -65,6 +65,10 @@ def run(args: argparse.Namespace) -> None:
     features = labels = loader = None
     if "features" in method.needs:
         features = load_features(args.features)
+        if args.val and features.get("split", "train800") != "train800":
+            # A choice made on val200 must not read val200 images (SLS's t-SNE, SGLP's CKA, angular).
+            raise SystemExit(f"petlprune score --val: {args.features} ran over {features['split']}, which "
+                             "holds val200; run `petlprune features --split train800` for a validation choice")
         labels = features["labels"]
         if features["cls"].shape[0] != len(model.blocks):
             raise SystemExit(f"petlprune score: {args.features} has {features['cls'].shape[0]} blocks, "
