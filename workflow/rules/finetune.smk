@@ -8,6 +8,7 @@ rule finetune:
     output:
         model=RUN + "/finetune/model.pt",
         metrics=RUN + "/finetune/metrics.json",
+        predictions=RUN + "/finetune/predictions.npz",  # per test image: the paired comparisons' input
     params:
         data=lambda wc, input: os.path.dirname(input.data),
         out=lambda wc, output: os.path.dirname(output.model),

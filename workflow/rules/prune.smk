@@ -74,6 +74,7 @@ rule prune:
     output:
         model=RUN + "/pruned/{method}-{budget}/model.pt",
         metrics=RUN + "/pruned/{method}-{budget}/metrics.json",
+        predictions=RUN + "/pruned/{method}-{budget}/predictions.npz",
     params:
         data=lambda wc, input: os.path.dirname(input.data),
         out=lambda wc, output: os.path.dirname(output.model),
