@@ -36,14 +36,19 @@ def test_smoke_study_builds_the_book_and_a_second_run_does_nothing(tmp_path: Pat
 
     missing = [m for m in METHOD_MODULES if not any(f",{m}" in line for line in summary)]
     assert not missing, f"the smoke tier runs every registered method once; no result for {missing}"
+    import csv
+
+    keys = {row["key"] for row in csv.DictReader((results / "summary.csv").open())}
+    controls = {"splora_unpruned", "spa_recovered", "pear_nn_scale"}
+    assert controls <= keys, f"every control of the tiers is a row of the summary; missing {controls - keys}"
 
     # Every pruned result is a real re-trained model with a Plan and a measured efficiency.
     pruned = sorted((results / "runs").glob("*/adapter/seed0/pruned/*/metrics.json"))
-    # 2 tasks × (sls, last_k, random.0, BI, angular×2, taylor, sglp, depgraph, pear, adapter_drop)
-    assert len(pruned) == 2 * 11
-    # instances with their own PETL run only there: spa, fine_pruning and the splora_unpruned control on
-    # splora, spa_block on splopa
-    assert len(sorted((results / "runs").glob("*/splora/seed0/pruned/*/metrics.json"))) == 2 * 3
+    # 2 tasks × (sls, last_k, random.0, BI, angular×2, taylor, sglp, depgraph, pear, pear_nn_scale, adapter_drop)
+    assert len(pruned) == 2 * 12
+    # instances with their own PETL run only there: spa, fine_pruning and the controls splora_unpruned and
+    # spa_recovered on splora, spa_block on splopa
+    assert len(sorted((results / "runs").glob("*/splora/seed0/pruned/*/metrics.json"))) == 2 * 4
     assert len(sorted((results / "runs").glob("*/splopa/seed0/pruned/*/metrics.json"))) == 2 * 1
     pruned += sorted((results / "runs").glob("*/splo*/seed0/pruned/*/metrics.json"))
     for path in pruned:
