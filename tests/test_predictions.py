@@ -12,7 +12,6 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from petlprune.cli import main
 from petlprune.train import evaluate, save_predictions
-
 from test_train_stages import _finetune, backbone, task  # noqa: F401  (module fixtures)
 
 

@@ -231,7 +231,7 @@ def test_reference_is_chosen_in_one_place(df):
 
 
 def test_claim_figure_draws_each_measure_on_its_own_axis_and_no_difference_line():
-    from petlprune.report.claims import CLAIMS, ClaimResult, _UNITS, claim_figure
+    from petlprune.report.claims import _UNITS, CLAIMS, ClaimResult, claim_figure
 
     rows = [("SLS vs DepGraph (matched)", _UNITS["accuracy"], "digits", -2.0, -5.0, 1.0, "indistinguishable"),
             ("SLS vs DepGraph (matched)", _UNITS["accuracy"], "textures", -6.0, -8.0, -4.0, "loss"),

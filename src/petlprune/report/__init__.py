@@ -8,6 +8,8 @@ Typical use in a notebook::
     report.to_markdown(report.comparison_table(agg))
 """
 
+from petlprune.report import stats
+from petlprune.report.claims import CLAIMS, evaluate_claims, reference_rows
 from petlprune.report.figures import (
     AXES,
     accuracy_figure,
@@ -32,8 +34,6 @@ from petlprune.report.load import (
     split_result_dir,
     write_summary,
 )
-from petlprune.report import stats
-from petlprune.report.claims import CLAIMS, evaluate_claims, reference_rows
 from petlprune.report.sections import SECTIONS, block_score_section, method_section, sls_section
 from petlprune.report.tables import (
     METHOD_LABELS,

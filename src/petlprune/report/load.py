@@ -359,7 +359,7 @@ def _uncertainty(df: pd.DataFrame, joined: pd.DataFrame) -> None:
     """
     from petlprune.report.stats import chance_rate, covers_chance, wilson
 
-    lo, hi, chance = [], [], []
+    lo, hi = [], []
     for i in df.index:
         top1, n = df.at[i, "top1"], df.at[i, "n_eval"]
         if pd.isna(top1) or pd.isna(n) or n <= 0:
@@ -374,13 +374,13 @@ def _uncertainty(df: pd.DataFrame, joined: pd.DataFrame) -> None:
         if isinstance(path, str):
             with np.load(path, allow_pickle=False) as npz:
                 chance_of[(df.at[i, "task"], df.at[i, "petl"], df.at[i, "seed"])] = chance_rate(npz["labels"])
-    df["chance"] = [chance_of.get((t, p, s), np.nan) for t, p, s in zip(df["task"], df["petl"], df["seed"])]
-    own = [covers_chance(a, c) for a, c in zip(df["top1_lo"], df["chance"])]
-    runs = list(zip(df["task"], df["petl"], df["seed"]))
-    ft_collapsed = {k for k, c, m in zip(runs, own, df["method"]) if c and m == FINETUNE}
+    df["chance"] = [chance_of.get((t, p, s), np.nan) for t, p, s in zip(df["task"], df["petl"], df["seed"], strict=True)]
+    own = [covers_chance(a, c) for a, c in zip(df["top1_lo"], df["chance"], strict=True)]
+    runs = list(zip(df["task"], df["petl"], df["seed"], strict=True))
+    ft_collapsed = {k for k, c, m in zip(runs, own, df["method"], strict=True) if c and m == FINETUNE}
     df["collapsed"] = [
         "collapsed" if c else ("from fine-tune" if (t, p, s) in ft_collapsed and m != FINETUNE else "")
-        for c, (t, p, s), m in zip(own, runs, df["method"])
+        for c, (t, p, s), m in zip(own, runs, df["method"], strict=True)
     ]
 
 

@@ -218,9 +218,9 @@ def result_table(agg: pd.DataFrame) -> pd.DataFrame:
     if "top1_lo" in agg and "top-1 %" in out:
         from petlprune.report.stats import format_interval
 
-        out["top-1 %"] = [format_interval(m, lo, hi) for m, lo, hi in zip(agg["top1_mean"], agg["top1_lo"], agg["top1_hi"])]
+        out["top-1 %"] = [format_interval(m, lo, hi) for m, lo, hi in zip(agg["top1_mean"], agg["top1_lo"], agg["top1_hi"], strict=True)]
     if "collapsed" in agg and "top-1 %" in out:
-        out["top-1 %"] = [f"{c} {COLLAPSED_MARK}" if f else c for c, f in zip(out["top-1 %"], agg["collapsed"].astype(bool))]
+        out["top-1 %"] = [f"{c} {COLLAPSED_MARK}" if f else c for c, f in zip(out["top-1 %"], agg["collapsed"].astype(bool), strict=True)]
     return out.reset_index(drop=True)
 
 

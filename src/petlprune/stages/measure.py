@@ -77,12 +77,12 @@ def interleaved_times(models: list, batch_sizes, *, image_size: int, warmup: int
     out: list[dict[str, list[float]]] = [{} for _ in models]
     for b in batch_sizes:
         shapes = [input_shape_of(m, image_size) for m in models]
-        for m, shape in zip(models, shapes):
+        for m, shape in zip(models, shapes, strict=True):
             if warmup:
                 throughput(m, int(b), input_shape=shape, warmup=warmup - 1, repeats=1, device=device)
         times: list[list[float]] = [[] for _ in models]
         for _ in range(repeats):
-            for i, (m, shape) in enumerate(zip(models, shapes)):
+            for i, (m, shape) in enumerate(zip(models, shapes, strict=True)):
                 t = throughput(m, int(b), input_shape=shape, warmup=0, repeats=1, device=device)
                 times[i].append(t["latency_ms"] / 1e3)
         for i in range(len(models)):
@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> None:
                                   repeats=args.repeats, device=args.device)
     import numpy as np
 
-    for model_dir, result, times in zip(args.model_dirs, results, per_model):
+    for model_dir, result, times in zip(args.model_dirs, results, per_model, strict=True):
         for b, ts in times.items():
             median = float(np.median(ts))
             q25, q75 = np.percentile(ts, [25, 75])

@@ -51,7 +51,13 @@ def run(args: argparse.Namespace) -> None:
     from petlprune.models.petl import mark_trainable
     from petlprune.stages.features import task_dataset
     from petlprune.train import (
-        TrainConfig, evaluate, fit, peak_memory_mb, save_predictions, select_device, set_determinism,
+        TrainConfig,
+        evaluate,
+        fit,
+        peak_memory_mb,
+        save_predictions,
+        select_device,
+        set_determinism,
     )
 
     t0 = time.perf_counter()
