@@ -131,8 +131,9 @@ class Run:
 
     def recipe(self, stage: str, **override: Any) -> dict[str, Any]:
         """The workflow's ``recipe(stage, petl)``: the shared recipe, this PETL's petl.recipes on top."""
-        own = self.cfg["petl"].get("recipes", {}).get(self.petl, {}).get(stage, {})
-        return {**self.cfg[stage], **own, **override}
+        from petlprune.tier import recipe
+
+        return {**recipe(self.cfg, stage, self.petl), **override}
 
     def finetune(self, task: str, seed: int, lr: float | None = None, label: str | None = None) -> tuple[Step, Path]:
         """(the --val fine-tune step, its run folder); ``lr`` overrides the tier recipe's."""

@@ -31,6 +31,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from petlprune.tier import instance_options
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _valsearch import (  # noqa: E402
     PETLS,
@@ -47,16 +49,11 @@ from _valsearch import (  # noqa: E402
 __all__ = ["sglp_variants", "pear_variants", "checked_variants", "main"]
 
 
-def _instance_options(cfg: dict[str, Any], instance: str) -> dict[str, Any]:
-    """A method instance's options as ``score`` gets them (the workflow's ``method_options``)."""
-    return {k: v for k, v in cfg["methods"].get(instance, {}).items() if k not in ("draws", "method", "petl")}
-
-
 def sglp_variants(cfg: dict[str, Any], contexts: list[str]) -> list[Variant]:
     """SGLP with the tier's options, one variant per ``context`` or ``context:pick``."""
     from petlprune.methods.sglp import CONTEXTS, DEFAULT_PICK, PICKS
 
-    base = {k: v for k, v in _instance_options(cfg, "sglp").items() if k not in ("context", "pick")}
+    base = {k: v for k, v in instance_options(cfg, "sglp").items() if k not in ("context", "pick")}
     out = []
     for text in contexts:
         context, _, pick = text.partition(":")
@@ -79,7 +76,7 @@ def pear_variants(cfg: dict[str, Any]) -> list[Variant]:
 
     pear = get("pear")
     specs = {o.name: o for o in pear.option_specs}
-    base = {k: v for k, v in _instance_options(cfg, "pear").items() if k not in ("share", "kc")}
+    base = {k: v for k, v in instance_options(cfg, "pear").items() if k not in ("share", "kc")}
     out = []
     for share in specs["share"].choices:
         for kc in specs["kc"].choices:
@@ -91,7 +88,7 @@ def pear_variants(cfg: dict[str, Any]) -> list[Variant]:
                 continue
             out.append(Variant(f"pear_{share}_{kc}", f"pear share={share} kc={kc}", "pear",
                                {**base, "share": share, "kc": kc}))
-    drop = _instance_options(cfg, "adapter_drop") if "adapter_drop" in cfg["methods"] else base
+    drop = instance_options(cfg, "adapter_drop") if "adapter_drop" in cfg["methods"] else base
     out.append(Variant("adapter_drop", "adapter_drop", "adapter_drop", drop))
     return out
 

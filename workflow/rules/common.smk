@@ -26,6 +26,7 @@ wildcard_constraints:
 
 from petlprune.methods import METHOD_MODULES  # the registry's names (importing it is cheap)
 from petlprune.methods.base import check_method_config
+from petlprune import tier
 
 METHOD_NAMES = sorted(METHOD_MODULES)
 
@@ -97,7 +98,7 @@ def method_options(key):
     """The options a result key is scored with (a draw index for random draws; the lowest SLS
     alpha of the instance's sweep so that t-SNE early stop still covers every alpha)."""
     instance = instance_of(key)
-    opts = {k: v for k, v in config["methods"][instance].items() if k not in ("draws", "method", "petl")}
+    opts = tier.instance_options(config, instance)
     if "." in key:
         opts["draw"] = int(key.split(".")[1])
     if base_method(key) == "sls":
@@ -110,8 +111,7 @@ def method_options(key):
 def recipe(stage, petl):
     """The training recipe of ``stage`` ('finetune' or 'retrain') for PETL ``petl``: the shared one,
     with that PETL's overrides from petl.recipes."""
-    own = config["petl"].get("recipes", {}).get(petl, {}).get(stage, {})
-    return {**config[stage], **own}
+    return tier.recipe(config, stage, petl)
 
 
 def matched_plan():
