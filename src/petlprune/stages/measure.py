@@ -126,10 +126,12 @@ def run(args: argparse.Namespace) -> None:
         result = measure_model(
             deployed,
             image_size=args.image_size,
-            batch_sizes=args.batch_sizes,
+            # Counts, and one pass at the largest batch for this model's peak memory: the timings
+            # are interleaved across the models below (a pass at every batch size here was waste).
+            batch_sizes=[max(args.batch_sizes)],
             plan=plan,
             warmup=0,
-            repeats=1,  # counts only: the timings below are interleaved across the models
+            repeats=1,
             device=args.device,
         )
         if stored is not None:
@@ -144,6 +146,7 @@ def run(args: argparse.Namespace) -> None:
     import numpy as np
 
     for model_dir, result, times in zip(args.model_dirs, results, per_model, strict=True):
+        result["throughput"] = {}
         for b, ts in times.items():
             median = float(np.median(ts))
             q25, q75 = np.percentile(ts, [25, 75])
