@@ -187,3 +187,32 @@ def test_bad_per_petl_recipe_names_the_key(recipes, culprit, tmp_path: Path) -> 
     output = result.stdout + result.stderr
     assert result.returncode != 0 and culprit in output, output[-2000:]
     assert "Job stats" not in output
+
+
+# --------------------------------------------------------------------------------------------------
+# the full tier's controls reach its summary table (the full tier itself is hours on 2 cores)
+
+FULL_CONTROLS = {  # instance -> (PETL it prunes, its budgets in full.yaml)
+    "spa_recovered": ("splora", ["p0.5", "p0.3", "p0.1"]),
+    "splora_unpruned": ("splora", ["d12"]),
+    "pear_nn_scale": (None, ["r0.5", "r0.75"]),
+}
+
+
+def test_full_tier_summary_takes_every_control_at_every_budget(tmp_path: Path) -> None:
+    full = yaml.safe_load((ROOT / "workflow/config/full.yaml").read_text())
+    for instance, (petl, budgets) in FULL_CONTROLS.items():
+        assert full["budgets"][instance] == budgets, instance
+        assert full["methods"][instance].get("petl") == petl, instance
+    assert full["methods"]["spa_recovered"]["keep_recovered"] is True
+    # One task and one seed: the same rules, a DAG that a dry run builds in seconds.
+    cfg = {**full, "seeds": [0], "data": {**full["data"], "tasks": ["digits"]}, "results": str(tmp_path / "r")}
+    result = snakemake_dry_run(cfg, tmp_path)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-2000:]
+    block = result.stdout.split("rule summary:", 1)[1].split("\n\n", 1)[0]
+    summary_inputs = {p.strip() for p in block.split("input:", 1)[1].split("\n", 1)[0].split(",")}
+    for instance, (petl, budgets) in FULL_CONTROLS.items():
+        for p in [petl] if petl else full["petl"]["methods"]:
+            for budget in budgets:
+                metrics = f"{tmp_path}/r/runs/digits/{p}/seed0/pruned/{instance}-{budget}/metrics.json"
+                assert metrics in summary_inputs, metrics
