@@ -21,6 +21,8 @@ __all__ = [
     "method_label",
     "budget_family",
     "matched_rows",
+    "retrained_reference",
+    "RETRAINED_LABEL",
     "COLLAPSED_MARK",
     "budget_order",
     "sort_results",
@@ -63,8 +65,24 @@ METRICS: list[str] = [
 _BUDGET_RE = re.compile(r"^([a-z])(\d+(?:\.\d+)?)$")
 
 
+RETRAINED_LABEL = "unpruned, re-trained"  # a tier's `{petl}_unpruned` control
+
+
 def method_label(method: str) -> str:
+    if method not in METHOD_LABELS and method.endswith("_unpruned"):
+        return RETRAINED_LABEL
     return METHOD_LABELS.get(method, method)
+
+
+def retrained_reference(agg: pd.DataFrame) -> pd.Series:
+    """Rows of the re-trained unpruned control: a ``{petl}_unpruned`` instance, or ``last_k`` at the
+    fine-tune's depth. Where a tier has one, it is the reference of every paired comparison
+    (``claim_defs.reference_rows``), so a table that shows the fine-tune should show it too."""
+    depth = "depth_mean" if "depth_mean" in agg else "depth"
+    full = agg[agg["method"] == FINETUNE].groupby(["task", "petl"])[depth].max()
+    at_full = [full.get((t, p), np.nan) == d for t, p, d in zip(agg["task"], agg["petl"], agg[depth], strict=True)]
+    return (agg["method"] == agg["petl"] + "_unpruned") | (
+        (agg["method"] == "last_k") & (agg["budget"] != "matched") & pd.Series(at_full, index=agg.index))
 
 
 def budget_family(budget: str, matched_alpha: str | None = None) -> str:
@@ -78,14 +96,15 @@ def budget_family(budget: str, matched_alpha: str | None = None) -> str:
 
 def matched_rows(agg: pd.DataFrame, matched_alpha: str, with_reference: bool = True) -> pd.DataFrame:
     """The rows compared "at the depth SLS chose": SLS itself at ``matched_alpha`` only, every
-    ``matched`` result, and (``with_reference``) each PETL's unpruned model.
+    ``matched`` result, and (``with_reference``) each PETL's unpruned model: the fine-tune and, where
+    the tier has it, the re-trained control that the paired comparisons use.
 
     Other SLS alphas and SLS variants (``sls_raw`` ...) are left out: their depth is not the one the
     baselines were matched to.
     """
     keep = (agg["budget"] == "matched") | ((agg["method"] == "sls") & (agg["budget"] == matched_alpha))
     if with_reference:
-        keep |= agg["method"] == FINETUNE
+        keep |= (agg["method"] == FINETUNE) | retrained_reference(agg)
     return agg[keep]
 
 
@@ -107,7 +126,11 @@ def budget_order(budget: str) -> tuple:
 
 
 def _method_key(method: str) -> tuple:
-    return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method)
+    if method in METHOD_ORDER:
+        return (METHOD_ORDER.index(method), "")
+    if method.endswith("_unpruned"):  # the re-trained control, next to the fine-tune
+        return (0.5, method)
+    return (len(METHOD_ORDER), method)
 
 
 def sort_results(df: pd.DataFrame) -> pd.DataFrame:
