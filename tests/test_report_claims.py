@@ -230,6 +230,48 @@ def test_reference_is_chosen_in_one_place(df):
     assert set(ref.loc[ref.petl == "convpass", "method"]) == {"finetune"}
 
 
+def test_tables_show_the_reference_the_paired_comparisons_use(df):
+    from petlprune.report.tables import RETRAINED_LABEL, comparison_table, retrained_reference
+
+    extra = df[df.method == "finetune"].assign(method="adapter_unpruned", key="adapter_unpruned", budget="d12")
+    extra = extra[extra.petl == "adapter"].assign(top1=extra.top1 - 1.5)
+    both = pd.concat([df, extra], ignore_index=True)
+    agg = report.aggregate(both)
+    assert set(agg.loc[retrained_reference(agg), "method"]) == {"adapter_unpruned"}
+    # last_k at the fine-tune's depth is the control too (paper.yaml's `last_k: [d12]`); at matched it is not
+    ft = both[both.method == "finetune"]
+    deep = pd.concat([ft, ft.assign(method="last_k", key="last_k", budget="d12")], ignore_index=True)
+    assert (retrained_reference(deep) == (deep.method == "last_k")).all()
+    assert not retrained_reference(both[both.method.isin(["finetune", "last_k"])]).any()
+    matched = matched_rows(agg, "a0.3")
+    table = comparison_table(matched[matched.petl == "adapter"])
+    assert list(table.method[:2]) == ["unpruned", RETRAINED_LABEL]  # the fine-tune, then its control
+    ref = reference_rows(both)
+    shown = agg[retrained_reference(agg)].set_index("task")["top1_mean"]
+    for task, row in ref[ref.petl == "adapter"].groupby("task"):
+        assert shown[task] == pytest.approx(row.top1.mean())  # the row in the table is the reference
+
+
+def test_random_draws_of_one_run_are_one_stratum_of_their_mean(df, tmp_path):
+    from petlprune.report.claims import paired_versus
+
+    sglp = df[(df.method == "sglp") & (df.budget == "d6") & (df.petl == "adapter") & (df.seed == 0)]
+    draw0 = df[(df.key == "random.0") & (df.petl == "adapter") & (df.seed == 0)]
+    rows = []
+    for i, row in enumerate(draw0.itertuples()):  # a second draw, right on every image of the run
+        with np.load(row.predictions_path) as npz:
+            labels = npz["labels"]
+        path = tmp_path / f"draw1-{i}" / "predictions.npz"
+        path.parent.mkdir()
+        np.savez(path, labels=labels, pred=labels, split=np.array("test"))
+        rows.append(draw0.loc[[row.Index]].assign(key="random.1", draw=1, top1=100.0, predictions_path=str(path)))
+    draws = pd.concat([draw0, *rows], ignore_index=True)
+    one, both = paired_versus(sglp, draw0), paired_versus(sglp, draws)
+    assert one.seeds == both.seeds == sglp.shape[0] == 2  # one stratum per run (2 tasks), not per draw
+    # against the mean of the draws: 65% and 100% right, so SGLP's 75% is 7.5 points below on average
+    assert one.diff == pytest.approx(10.0) and both.diff == pytest.approx(75.0 - (65.0 + 100.0) / 2)
+
+
 def test_claim_figure_draws_each_measure_on_its_own_axis_and_no_difference_line():
     from petlprune.report.claims import _UNITS, CLAIMS, ClaimResult, claim_figure
 

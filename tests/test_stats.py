@@ -104,3 +104,17 @@ def test_format_interval():
     assert stats.format_interval(98.0, 93.0, 99.4) == "98.0 [93.0, 99.4]"
     assert stats.format_interval(3.2, 1.0, 5.4, signed=True) == "+3.2 ±2.2"
     assert stats.format_interval(float("nan"), 0, 1) == "—" and stats.format_interval(5.0, float("nan"), 1) == "5.0"
+
+
+def test_combine_seeds_takes_several_draws_as_one_stratum_of_their_mean():
+    labels, pa, pb0 = _fabricated(right_a=800, right_b=700)
+    pb1 = np.where(np.arange(labels.size) < 600, labels, (labels + 1) % 5)  # a second draw: right on 600
+    draws = np.stack([pb0, pb1])  # (draws, images): B's expected accuracy 65%
+    d = stats.combine_seeds([(labels, pa, draws)])
+    assert d.diff == pytest.approx(15.0) and d.seeds == 1 and d.n == labels.size
+    # the same images counted once: not the narrower interval of two "independent" strata, one per draw
+    per_draw = stats.combine_seeds([(labels, pa, pb0), (labels, pa, pb1)])
+    assert per_draw.diff == pytest.approx(d.diff) and per_draw.seeds == 2
+    assert (d.hi - d.lo) > (per_draw.hi - per_draw.lo)
+    with pytest.raises(ValueError, match="different lengths"):
+        stats.combine_seeds([(labels, pa, draws[:, :-1])])

@@ -68,6 +68,27 @@ def _predictions(row: pd.Series) -> tuple[np.ndarray, np.ndarray] | None:
         return npz["labels"], npz["pred"]
 
 
+def _run_strata(pairs: list[tuple[pd.Series, pd.Series]]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(labels, pred_a, pred_b) per run (task, PETL, seed, A's budget) for ``stats.combine_seeds``. An
+    arm with several rows in one run (random draws) enters with its draws stacked, (draws, images):
+    one stratum per run, not one per draw."""
+    runs: dict[tuple, dict] = {}
+    for ra, rb in pairs:
+        pa, pb = _predictions(ra), _predictions(rb)
+        if pa is None or pb is None:
+            continue
+        run = runs.setdefault((ra["task"], ra["petl"], ra["seed"], ra["budget"]), {"labels": pa[0], "a": {}, "b": {}})
+        for side, row, (labels, pred) in (("a", ra, pa), ("b", rb, pb)):
+            if not np.array_equal(labels, run["labels"]):
+                raise ValueError(f"{row.get('predictions_path')}: other test images than the rest of its run")
+            run[side][row.name] = pred
+
+    def stacked(preds: dict) -> np.ndarray:
+        return next(iter(preds.values())) if len(preds) == 1 else np.stack(list(preds.values()))  # (draws, n)
+
+    return [(r["labels"], stacked(r["a"]), stacked(r["b"])) for r in runs.values()]
+
+
 def paired_versus(a: pd.DataFrame, b: pd.DataFrame) -> stats.Difference | None:
     """Accuracy of the rows ``a`` minus that of ``b``, paired on task, PETL and seed (and images), every
     pair combined (:func:`stats.combine_seeds`); collapsed rows and rows without predictions left out.
@@ -75,11 +96,7 @@ def paired_versus(a: pd.DataFrame, b: pd.DataFrame) -> stats.Difference | None:
     def clean(rows):
         return rows[~rows["collapsed"].fillna("").astype(bool)] if "collapsed" in rows else rows
 
-    strata = []
-    for ra, rb in _pairs(clean(a), clean(b)):
-        pa, pb = _predictions(ra), _predictions(rb)
-        if pa is not None and pb is not None:
-            strata.append((pa[0], pa[1], pb[1]))
+    strata = _run_strata(_pairs(clean(a), clean(b)))
     return stats.combine_seeds(strata) if strata else None
 
 
@@ -118,12 +135,7 @@ def _times(row: pd.Series, batch: str) -> np.ndarray | None:
 def _accuracy(part: Part, pairs, tasks) -> tuple[list[dict], str, str]:
     rows, strata = [], []
     for task in tasks:
-        per_task = []
-        for ra, rb in (p for p in pairs if p[0]["task"] == task):
-            pa, pb = _predictions(ra), _predictions(rb)
-            if pa is None or pb is None:
-                continue
-            per_task.append((pa[0], pa[1], pb[1]))
+        per_task = _run_strata([p for p in pairs if p[0]["task"] == task])
         if not per_task:
             continue
         d = stats.combine_seeds(per_task)

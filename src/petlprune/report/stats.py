@@ -139,6 +139,12 @@ def _stratified_bootstrap(diffs: Sequence[np.ndarray], n_boot: int, seed: int) -
     return reps / len(diffs)
 
 
+def _correct(pred: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per image: 1.0 / 0.0 for one model, the fraction of draws right for (draws, images) predictions."""
+    right = np.asarray(pred) == labels
+    return right.mean(axis=0) if right.ndim == 2 else right.astype(float)
+
+
 def paired_difference(
     labels: np.ndarray,
     pred_a: np.ndarray,
@@ -179,17 +185,20 @@ def combine_seeds(
     wider, so that seed-to-seed variation is never hidden behind image-level precision.
 
     Args:
-        pairs: per seed, (labels, pred_a, pred_b).
+        pairs: per seed, (labels, pred_a, pred_b). A prediction array may be (draws, images) for an arm
+            with several random draws in that run: it enters as the fraction of its draws right on each
+            image, one stratum per run, never one per draw (that would count the same images, and the
+            other arm's predictions, once per draw, and narrow the interval for nothing).
     """
     if not pairs:
         raise ValueError("combine_seeds: no seeds")
     diffs = []
     for i, (labels, pa, pb) in enumerate(pairs):
         labels = np.asarray(labels)
-        if not labels.shape == np.shape(pa) == np.shape(pb):
+        if labels.ndim != 1 or not labels.shape == np.shape(pa)[-1:] == np.shape(pb)[-1:]:
             raise ValueError(f"combine_seeds: seed #{i}: arrays of different lengths")
-        diffs.append(100.0 * ((np.asarray(pa) == labels).astype(float) - (np.asarray(pb) == labels).astype(float)))
-    if len(diffs) == 1:
+        diffs.append(100.0 * (_correct(pa, labels) - _correct(pb, labels)))
+    if len(diffs) == 1 and np.ndim(pairs[0][1]) == np.ndim(pairs[0][2]) == 1:
         return paired_difference(*pairs[0], level=level, n_boot=n_boot, seed=seed)
     reps = _stratified_bootstrap(diffs, n_boot, seed)
     lo, hi = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
