@@ -46,7 +46,7 @@ def test_rehearsal_config_keeps_paper_shapes_and_every_method(tmp_path):
         rehearsal_config(vtab, tmp_path / "r", tasks=["mnist"])
 
 
-@pytest.mark.slow  # 209 jobs: 13.4 min on 2 idle cores
+@pytest.mark.slow  # 209 jobs: about 13 min on 2 idle cores (784 s)
 def test_paper_rehearsal_runs_every_stage_and_method_and_builds_the_book(tmp_path):
     cfg_path = prepare(tmp_path, depth=4)
     t0 = time.perf_counter()
