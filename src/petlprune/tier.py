@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["INSTANCE_KEYS", "recipe", "instance_options"]
+__all__ = ["INSTANCE_KEYS", "recipe", "instance_options", "instance_petls", "reference_instances"]
 
 # Keys of a method instance that the workflow reads (random draws, the registered method, the PETL it
 # prunes); every other key is an option of the method.
@@ -27,3 +27,21 @@ def recipe(config: Mapping[str, Any], stage: str, petl: str) -> dict[str, Any]:
 def instance_options(config: Mapping[str, Any], instance: str) -> dict[str, Any]:
     """The method options of a config instance (``methods.<instance>`` without the workflow's keys)."""
     return {k: v for k, v in (config["methods"].get(instance) or {}).items() if k not in INSTANCE_KEYS}
+
+
+def instance_petls(config: Mapping[str, Any], instance: str) -> list[str]:
+    """The PETL runs a method instance prunes: its own ``petl:``, else every PETL of ``petl.methods``."""
+    own = (config["methods"].get(instance) or {}).get("petl")
+    return [own] if own else list(config["petl"]["methods"])
+
+
+def reference_instances(config: Mapping[str, Any], petl: str) -> set[str]:
+    """The instances whose results are the re-trained unpruned control of ``petl``'s runs: a
+    ``{petl}_unpruned`` instance, and ``last_k`` where it has a budget at the backbone's full depth
+    (``report.tables.retrained_reference`` is the same rule on results)."""
+    depth = (config["backbone"].get("timm_kwargs") or {}).get("depth", 12)
+    budgets = config["budgets"]
+    names = {m for m in budgets if m == f"{petl}_unpruned" and petl in instance_petls(config, m)}
+    if f"d{depth}" in budgets.get("last_k", []) and petl in instance_petls(config, "last_k"):
+        names.add("last_k")
+    return names

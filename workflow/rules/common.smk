@@ -124,8 +124,7 @@ check_config()
 
 def instance_petls(instance):
     """The PETL runs a method instance prunes: its own `petl:`, else every PETL of petl.methods."""
-    own = config["methods"][instance].get("petl")
-    return [own] if own else PETLS
+    return tier.instance_petls(config, instance)
 
 
 def pruned_keys(petl):

@@ -39,22 +39,12 @@ def run_results(task, petl, seed, methods=None):
     return sorted(set(files))
 
 
-def reference_instances(petl):
-    """The re-trained unpruned controls of a PETL's runs (``{petl}_unpruned``, last_k at the full depth),
-    among which report.reference_rows picks: a result page waits for them, or its paired sentences
-    would fall back on the fine-tune whenever the control happened to finish later."""
-    depth = (config["backbone"].get("timm_kwargs") or {}).get("depth", 12)
-    names = {m for m in config["budgets"] if m == f"{petl}_unpruned" and petl in instance_petls(m)}
-    if f"d{depth}" in config["budgets"].get("last_k", []) and petl in instance_petls("last_k"):
-        names.add("last_k")
-    return names
-
-
+# A result page waits for its run's re-trained unpruned control too: its paired sentences compare with it.
 rule result_notebook:
     input:
         template="notebooks/result.ipynb",
         results=lambda wc: run_results(wc.task, instance_petls(wc.method)[0], SEED0,
-                                       methods={wc.method} | reference_instances(instance_petls(wc.method)[0]))
+                                       methods={wc.method} | tier.reference_instances(config, instance_petls(wc.method)[0]))
         + [RUN.format(task=wc.task, petl=instance_petls(wc.method)[0], seed=SEED0) + "/features.npz"],
     output:
         f"{NB}/{{task}}/{{method}}.ipynb",

@@ -9,10 +9,10 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
-import numpy as np
 import pandas as pd
 
 from petlprune.report.load import FINETUNE
+from petlprune.report.tables import retrained_reference
 
 __all__ = ["Arm", "Part", "Claim", "CLAIMS", "LAYER_SELECTORS", "FIXED_DEPTH", "fixed_depth", "reference_rows"]
 
@@ -92,13 +92,11 @@ def reference_rows(df: pd.DataFrame) -> pd.DataFrame:
     The re-trained unpruned model when the tier has one (an instance named ``{petl}_unpruned``, or
     ``last_k`` at the full depth: trained as long as every pruned model), else the fine-tune itself.
     """
+    control = retrained_reference(df)
     out = []
     for _, run in df.groupby(["task", "petl", "seed"], sort=False):
-        ft = run[run["method"] == FINETUNE]
-        full = ft["depth"].max() if not ft.empty else np.nan
-        retrained = run[(run["method"] == f"{run['petl'].iloc[0]}_unpruned")
-                        | ((run["method"] == "last_k") & (run["depth"] == full) & (run["budget"] != "matched"))]
-        out.append(retrained.iloc[:1] if not retrained.empty else ft)
+        retrained = run[control.loc[run.index]]
+        out.append(retrained.iloc[:1] if not retrained.empty else run[run["method"] == FINETUNE])
     return pd.concat(out) if out else df.iloc[0:0]
 
 

@@ -76,8 +76,9 @@ def method_label(method: str) -> str:
 
 def retrained_reference(agg: pd.DataFrame) -> pd.Series:
     """Rows of the re-trained unpruned control: a ``{petl}_unpruned`` instance, or ``last_k`` at the
-    fine-tune's depth. Where a tier has one, it is the reference of every paired comparison
-    (``claim_defs.reference_rows``), so a table that shows the fine-tune should show it too."""
+    fine-tune's depth (tidy rows or ``aggregate``'s). Where a tier has one, it is the reference of every
+    paired comparison (``claim_defs.reference_rows`` picks it from these), so a table that shows the
+    fine-tune shows it too. ``tier.reference_instances`` is the same rule read from a config."""
     depth = "depth_mean" if "depth_mean" in agg else "depth"
     full = agg[agg["method"] == FINETUNE].groupby(["task", "petl"])[depth].max()
     at_full = [full.get((t, p), np.nan) == d for t, p, d in zip(agg["task"], agg["petl"], agg[depth], strict=True)]
