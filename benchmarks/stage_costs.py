@@ -4,7 +4,9 @@ Every rule that costs time has a ``benchmark:`` file: one row per run with wall 
 seconds, peak RSS and mean load. This groups them by rule (the first folder under ``benchmarks/``,
 or the file name for single-job rules), sums wall and CPU seconds, and prints each stage's share of the
 total. The total is job-seconds: with ``--cores N`` the study's wall clock is between total / N and
-total.
+total. A job run by the warm worker (petlprune/worker.py) was timed by Snakemake as its thin client:
+its wall seconds are right, but its CPU seconds and peak RSS are taken from the line the worker's
+child wrote at the end of the job's log (``RESULTS/logs/<same path>.log``).
 
     python benchmarks/stage_costs.py --results /tmp/timed/results
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import os
 import sys
@@ -38,9 +41,24 @@ def _mean(rows: list[dict[str, str]], key: str) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
+# petlprune.worker.RESOURCE_PREFIX, spelled out: this script reads a results tree without the package
+WORKER_LINE = "petlprune worker: job resources "
+
+
+def worker_figures(log: Path) -> dict[str, float] | None:
+    """The ``{"cpu_time", "max_rss"}`` a worker's child wrote at the end of ``log``, if any."""
+    try:
+        tail = log.read_bytes()[-4096:].decode(errors="replace")
+    except OSError:
+        return None
+    lines = [ln for ln in tail.splitlines() if ln.startswith(WORKER_LINE)]
+    return json.loads(lines[-1][len(WORKER_LINE):]) if lines else None
+
+
 def read_benchmark_files(bench_dir: Path) -> list[dict[str, Any]]:
     """One record per benchmark file: ``{"rule", "job", "s", "cpu_time", "max_rss"}`` (means over
-    the file's rows: a rule run with ``repeat()`` has several)."""
+    the file's rows: a rule run with ``repeat()`` has several). CPU and RSS of a job the warm worker
+    ran come from its log (``bench_dir/../logs``), not from the benchmark file, which saw the client."""
     jobs = []
     for path in sorted(Path(bench_dir).rglob("*.tsv")):
         rel = path.relative_to(bench_dir)
@@ -49,11 +67,13 @@ def read_benchmark_files(bench_dir: Path) -> list[dict[str, Any]]:
         if not rows:
             continue
 
-        jobs.append({
+        job = {
             "rule": rel.parts[0] if len(rel.parts) > 1 else rel.stem,
             "job": str(rel.with_suffix("")),
             **{key: _mean(rows, key) for key in ("s", "cpu_time", "max_rss")},
-        })
+        }
+        job.update(worker_figures(Path(bench_dir).parent / "logs" / rel.with_suffix(".log")) or {})
+        jobs.append(job)
     return jobs
 
 

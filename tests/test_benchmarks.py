@@ -55,6 +55,20 @@ def test_stage_costs_known_answer(tmp_path):
     assert sum(r["share"] for r in rows) == pytest.approx(1.0) and fin["share"] == pytest.approx(0.8)
 
 
+def test_stage_costs_takes_cpu_and_rss_of_a_worker_job_from_its_log(tmp_path):
+    from petlprune.worker import RESOURCE_PREFIX
+
+    assert stage_costs.WORKER_LINE == RESOURCE_PREFIX
+    bench = _bench_tree(tmp_path)
+    log = tmp_path / "logs" / "finetune" / "a.log"
+    log.parent.mkdir(parents=True)
+    # the client's own figures (100 MB, 8 s) are in the benchmark file; the child's are in the log
+    log.write_text("finetune: epoch 1 ...\n" + RESOURCE_PREFIX + '{"cpu_time": 9.5, "max_rss": 612.0}\n')
+    jobs = {j["job"]: j for j in stage_costs.read_benchmark_files(bench)}
+    assert (jobs["finetune/a"]["s"], jobs["finetune/a"]["cpu_time"], jobs["finetune/a"]["max_rss"]) == (10.0, 9.5, 612.0)
+    assert jobs["finetune/b"]["max_rss"] == 400.0  # no log: the benchmark's figures
+
+
 def test_stage_costs_main_writes_json_where_the_book_reads(tmp_path):
     _bench_tree(tmp_path)
     assert stage_costs.main(["--results", str(tmp_path)]) == 0

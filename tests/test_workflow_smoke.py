@@ -57,6 +57,12 @@ def test_smoke_study_builds_the_book_and_a_second_run_does_nothing(tmp_path: Pat
         eff = json.loads((path.parent / "efficiency.json").read_text())
         assert eff["params_forward"] > 0 and eff["flops_per_image"] > 0
 
+    # The jobs ran in the warm worker (petlprune/worker.py): its child ends each job's log with its figures.
+    assert "ready on" in (results / "logs/worker.log").read_text()
+    # (a job that starts while the worker is still importing runs on its own: the finetune jobs come later)
+    finetune_logs = sorted((results / "logs/finetune").glob("*.log"))
+    assert finetune_logs and all("petlprune worker: job resources" in p.read_text() for p in finetune_logs)
+
     again = snakemake(tmp_path, "--cores", "2", "-n")
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr

@@ -26,7 +26,7 @@ wildcard_constraints:
 
 from petlprune.methods import METHOD_MODULES  # the registry's names (importing it is cheap)
 from petlprune.methods.base import check_method_config
-from petlprune import tier
+from petlprune import tier, worker
 
 METHOD_NAMES = sorted(METHOD_MODULES)
 
