@@ -135,10 +135,13 @@ class Run:
 
         return {**recipe(self.cfg, stage, self.petl), **override}
 
-    def finetune(self, task: str, seed: int, lr: float | None = None, label: str | None = None) -> tuple[Step, Path]:
-        """(the --val fine-tune step, its run folder); ``lr`` overrides the tier recipe's."""
+    def finetune(self, task: str, seed: int, lr: float | None = None, label: str | None = None,
+                 backbone: Path | None = None) -> tuple[Step, Path]:
+        """(the --val fine-tune step, its run folder); ``lr`` overrides the tier recipe's, ``backbone``
+        the tier's backbone file."""
         train = self.recipe("finetune", **({} if lr is None else {"lr": lr}))
-        args = ("--data", str(self.data[task]), "--backbone", str(self.backbone), "--petl", self.petl,
+        backbone = self.backbone if backbone is None else backbone
+        args = ("--data", str(self.data[task]), "--backbone", str(backbone), "--petl", self.petl,
                 "--petl-options", _json(self.petl_options), "--train", _json(train), "--seed", str(seed),
                 *self.common, "--val")
         ftdir = self.work / "runs" / task / self.petl / f"seed{seed}" / f"ft-lr{train['lr']:g}-{_hash(args)}"
@@ -222,10 +225,35 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
+def versus_first(rows: Sequence[dict[str, Any]]) -> None:
+    """Each row after the first gets ``versus_first``: its paired difference from the first row (points,
+    95% interval; the per-image predictions next to each metrics file, stratified by task x seed)."""
+    import numpy as np
+
+    from petlprune.report.stats import combine_seeds
+
+    def correct_arrays(row: dict[str, Any]) -> list[tuple[Any, Any]] | None:
+        files = [Path(c["metrics"]).parent / "predictions.npz" for c in row["cells"]]
+        if not all(f.is_file() for f in files):
+            return None
+        return [(z["labels"], z["pred"]) for z in (np.load(f) for f in files)]
+
+    first = correct_arrays(rows[0])
+    for row in rows[1:]:
+        mine = correct_arrays(row)
+        if first is None or mine is None:
+            row["versus_first"] = None
+            continue
+        d = combine_seeds([(lab, pred, ref) for (lab, pred), (_, ref) in zip(mine, first, strict=True)])
+        row["versus_first"] = {"diff": d.diff, "lo": d.lo, "hi": d.hi}
+
+
 def write_table(work: Path, table: dict[str, Any]) -> tuple[Path, Path]:
-    """Means and the winner into ``table``; print it; write ``WORK/{key}.md`` and ``.json``."""
+    """Means, paired differences from the first row and the winner into ``table``; print it; write
+    ``WORK/{key}.md`` and ``.json``."""
     for row in table["rows"]:
         row["mean_top1"] = sum(c["top1"] for c in row["cells"]) / len(row["cells"])
+    versus_first(table["rows"])
     best = max(r["mean_top1"] for r in table["rows"])
     winners = [r for r in table["rows"] if r["mean_top1"] == best]
     table["winner"] = {"name": winners[0]["name"], "label": winners[0]["label"], "mean_top1": best,
@@ -234,19 +262,24 @@ def write_table(work: Path, table: dict[str, Any]) -> tuple[Path, Path]:
     header = [table["search"]]
     for c in table["rows"][0]["cells"]:
         header += [f"{c['task']} s{c['seed']}"] + (["kept"] if table["show_kept"] else [])
-    header.append("mean")
+    first = table["rows"][0]["label"]
+    header += ["mean", f"Δ vs {first} (95%)"]
     body = []
     for row in table["rows"]:
         cells = [row["label"]]
         for c in row["cells"]:
             cells += [f"{100 * c['top1']:.1f}"] + ([c["kept"]] if table["show_kept"] else [])
-        body.append(cells + [f"{100 * row['mean_top1']:.1f}"])
+        vs = row.get("versus_first")
+        delta = "—" if vs is None else f"{vs['diff']:+.1f} [{vs['lo']:+.1f}, {vs['hi']:+.1f}]"
+        body.append(cells + [f"{100 * row['mean_top1']:.1f}", delta])
     tied = f" (tied with {', '.join(r['label'] for r in winners[1:])})" if winners[1:] else ""
     kept = ("; kept: the blocks (layer pruning) or adapter positions (Pear) the Plan kept"
             if table["show_kept"] else "")
     text = (f"## {table['title']}: val200 top-1 (%), trained on train800\n\n"
             f"{markdown_table(header, body)}\n\nwinner: **{table['winner']['label']}** "
-            f"(mean val200 top-1 {100 * best:.1f}%){tied}{kept}.\n\n`{table['command']}`\n")
+            f"(mean val200 top-1 {100 * best:.1f}%){tied}{kept}. Δ: paired difference from {first} on the "
+            f"same val images (points); it separates two rows only where its interval excludes 0."
+            f"\n\n`{table['command']}`\n")
     print("\n" + text)
     work.mkdir(parents=True, exist_ok=True)
     md, js = work / f"{table['key']}.md", work / f"{table['key']}.json"

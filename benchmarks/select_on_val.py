@@ -14,13 +14,18 @@ The table (val200 top-1 per task x seed, its mean, the winner) is printed and wr
         --lr 1e-3 3e-3 1e-2 --tasks dsprites_ori clevr_count --seeds 0 1
     python benchmarks/select_on_val.py sglp-context --results results --tasks textures clevr_count --budget d6
     python benchmarks/select_on_val.py pear --results results --tasks textures clevr_count --budget r0.5
+    # the bundled backbone against another backbone.yaml recipe's (its results/<...>/backbone/embedded-vit.pt)
+    python benchmarks/select_on_val.py backbone --results results --seeds 0 1 \\
+        --candidates lr1e-3=results/backbone_lr1e3/backbone/embedded-vit.pt
     # another tier; without --results its data and backbone are made by the DAG under WORK/dag/
     python benchmarks/select_on_val.py pear --config workflow/config/smoke.yaml --tasks digits
 
 Modes: ``finetune-lr`` (one row per lr: the tier's fine-tuning recipe for that PETL, lr overridden),
 ``sglp-context`` (SGLP with the tier's options, GradNorm context ``official`` vs ``finetuned``, each
 with its declared default ``pick`` unless given as ``context:pick``), ``pear`` (every share x kc
-combination Pear declares, plus ``adapter_drop``). Not a timing benchmark: nothing goes to the book.
+combination Pear declares, plus ``adapter_drop``), ``backbone`` (the tier's fine-tuning recipe on the tier's
+backbone and on each ``--candidates NAME=PATH``). Every row after the first has its paired difference
+from the first on the same val images. Not a timing benchmark: nothing goes to the book.
 """
 
 from __future__ import annotations
@@ -128,6 +133,35 @@ def finetune_lr(args: argparse.Namespace, run: Run) -> dict[str, Any]:
             "tier_recipe": run.recipe("finetune"), "rows": rows, "show_kept": False}
 
 
+def _named_path(text: str) -> tuple[str, Path]:
+    """argparse type: ``NAME=PATH`` of an existing file (a backbone cache, ``backbone/<name>.pt``)."""
+    name, sep, path = text.partition("=")
+    if not sep or not name or not Path(path).is_file():
+        raise argparse.ArgumentTypeError(f"{text!r}: give NAME=PATH of an existing backbone file")
+    return name, Path(path).resolve()
+
+
+def backbone_search(args: argparse.Namespace, run: Run) -> dict[str, Any]:
+    """The tier's fine-tuning recipe on the tier's backbone (first row) and on each candidate."""
+    names = [n for n, _ in args.candidates]
+    if len(set(names)) != len(names) or "tier" in names:
+        raise SystemExit(f"--candidates: names must be distinct and not 'tier' (got {', '.join(names)})")
+    backbones = [("tier", run.backbone), *args.candidates]
+    steps, cells = [], {}
+    for task in args.tasks:
+        for seed in args.seeds:
+            for name, path in backbones:
+                step, _ = run.finetune(task, seed, label=f"backbone {name}", backbone=path)
+                steps.append(step)
+                cells[(name, task, seed)] = step.done
+    run_steps(steps)
+    rows = [{"name": name, "label": name, "backbone": str(path),
+             "cells": [read_val_metrics(cells[(name, t, s)], t, s) for t in args.tasks for s in args.seeds]}
+            for name, path in backbones]
+    return {"search": "backbone", "title": f"backbone, transfer with {run.petl}", "key": f"backbone-{run.petl}",
+            "tier_recipe": run.recipe("finetune"), "rows": rows, "show_kept": False}
+
+
 def checked_variants(args: argparse.Namespace, variants: list[Variant]) -> list[Variant]:
     """The rows ``--variants`` asks for, each with its options and ``--budget`` checked (before any step)."""
     from petlprune.methods import Budget, get
@@ -193,6 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
     sglp = sub.add_parser("sglp-context", parents=[common], help="SGLP's GradNorm context: official vs finetuned")
     sglp.add_argument("--contexts", nargs="+", default=["official", "finetuned"], help="CONTEXT or CONTEXT:PICK")
     pear = sub.add_parser("pear", parents=[common], help="every Pear share x kc variant, and adapter_drop")
+    bb = sub.add_parser("backbone", parents=[common],
+                        help="train800 -> val200 transfer of the tier's backbone and of each candidate backbone")
+    bb.add_argument("--candidates", nargs="+", type=_named_path, required=True, metavar="NAME=PATH",
+                    help="other pretrained backbones (each a backbone/<name>.pt, e.g. of a backbone.yaml variant)")
     for p in (sglp, pear):
         p.add_argument("--budget", default=None, help="fixed budget (default: the tier's first non-matched one)")
         p.add_argument("--variants", nargs="+", default=None, help="run only these rows (names as in the JSON)")
@@ -221,7 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work or Path("results/select") / args.config.stem
     data, backbone = prepare_inputs(cfg, args.config, args.results, work, args.tasks)
     run = Run(cfg, work, petl, data, backbone, device=args.device)
-    table = prune_search(args, run, variants) if instance else finetune_lr(args, run)
+    if instance:
+        table = prune_search(args, run, variants)
+    else:
+        table = backbone_search(args, run) if args.mode == "backbone" else finetune_lr(args, run)
     given = sys.argv[1:] if argv is None else argv
     table.update(config=str(args.config), petl=petl, tasks=args.tasks, seeds=args.seeds,
                  command=shlex.join(["python", "benchmarks/select_on_val.py", *given]))

@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _valsearch import load_tier  # noqa: E402
+from _valsearch import load_tier, versus_first  # noqa: E402
 from select_on_val import main, pear_variants, sglp_variants  # noqa: E402
 
 SMOKE = ROOT / "workflow/config/smoke.yaml"
@@ -40,12 +40,34 @@ def test_pear_rows_are_every_declared_share_kc_pair_and_adapter_drop():
     (["finetune-lr", "--lr", "1e-3", "--petl", "foo"], "--petl foo: unknown PETL"),
     (["finetune-lr", "--lr", "1e-3", "3e"], "'3e' is not a number"),
     (["sglp-context", "--budget", "r0.5"], "--budget r0.5: sglp takes depth budgets"),
+    (["backbone", "--candidates", "big=/nonexistent/vit.pt"], "give NAME=PATH of an existing backbone file"),
 ])
 def test_bad_input_fails_naming_the_culprit(argv, culprit, tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         main([*argv, "--work", str(tmp_path / "work")])
     assert culprit in str(err.value) + capsys.readouterr().err
     assert not (tmp_path / "work").exists()  # nothing ran
+
+
+def test_rows_after_the_first_get_their_paired_difference_from_it(tmp_path):
+    labels = np.array([0, 1, 1, 0, 2, 2, 1, 0])
+
+    def row(name, preds):  # one cell per (task, seed), each a metrics file with predictions beside it
+        cells = []
+        for i, pred in enumerate(preds):
+            folder = tmp_path / name / str(i)
+            folder.mkdir(parents=True)
+            np.savez(folder / "predictions.npz", labels=labels, pred=np.array(pred), split="val200")
+            cells.append({"metrics": str(folder / "metrics.json")})
+        return {"name": name, "cells": cells}
+
+    rows = [row("tier", [labels, labels]), row("same", [labels, labels]),
+            row("worse", [[0, 1, 1, 0, 2, 2, 0, 1], [0, 1, 1, 0, 2, 2, 1, 1]])]  # 2 of 8, then 1 of 8 wrong
+    versus_first(rows)
+    assert "versus_first" not in rows[0]
+    assert rows[1]["versus_first"] == {"diff": 0.0, "lo": 0.0, "hi": 0.0}
+    worse = rows[2]["versus_first"]
+    assert worse["diff"] == pytest.approx(-100 * (2 / 8 + 1 / 8) / 2) and worse["lo"] < worse["diff"] <= worse["hi"] <= 0
 
 
 def test_a_results_tree_without_a_task_names_the_missing_file(tmp_path):
@@ -88,7 +110,18 @@ def test_one_search_of_each_mode_reads_only_train800_val200_results(tmp_path, ca
     assert [r["name"] for r in pe["rows"]] == ["pear_nearest_scale", "adapter_drop"]
     assert all(c["kept_blocks"] == list(range(6)) and c["kept_adapters"] for r in pe["rows"] for c in r["cells"])
 
-    for doc in (lr, sg, pe):
+    # 4. backbones: a byte-identical copy of the tier's backbone is a second row equal to the first
+    copy = tmp_path / "copy-of-smoke-vit.pt"
+    copy.write_bytes((results / "backbone/smoke-vit.pt").read_bytes())
+    assert main(["backbone", *common, "--results", str(results), "--petl", "adapter", "--candidates", f"copy={copy}"]) == 0
+    bb = json.loads((work / "backbone-adapter.json").read_text())
+    assert [r["name"] for r in bb["rows"]] == ["tier", "copy"] and bb["rows"][1]["backbone"] == str(copy)
+    (tier_cell,), (copy_cell,) = (r["cells"] for r in bb["rows"])
+    assert tier_cell["metrics"] != copy_cell["metrics"] and tier_cell["top1"] == copy_cell["top1"]
+    assert bb["rows"][1]["versus_first"] == {"diff": 0.0, "lo": 0.0, "hi": 0.0}
+    assert "Δ vs tier (95%)" in (work / "backbone-adapter.md").read_text()
+
+    for doc in (lr, sg, pe, bb):
         assert doc["winner"]["mean_top1"] == max(r["mean_top1"] for r in doc["rows"])
         md = (work / f"{doc['key']}.md").read_text()
         assert all(f"| {r['label']} |" in md for r in doc["rows"]) and "winner:" in md
