@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import os
 import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+from petlprune.worker import job_resources  # the format of the worker's line, read where it is written
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _suite import add_common_arguments, format_table, write_result  # noqa: E402
@@ -41,20 +42,6 @@ def _mean(rows: list[dict[str, str]], key: str) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
-# petlprune.worker.RESOURCE_PREFIX, spelled out: this script reads a results tree without the package
-WORKER_LINE = "petlprune worker: job resources "
-
-
-def worker_figures(log: Path) -> dict[str, float] | None:
-    """The ``{"cpu_time", "max_rss"}`` a worker's child wrote at the end of ``log``, if any."""
-    try:
-        tail = log.read_bytes()[-4096:].decode(errors="replace")
-    except OSError:
-        return None
-    lines = [ln for ln in tail.splitlines() if ln.startswith(WORKER_LINE)]
-    return json.loads(lines[-1][len(WORKER_LINE):]) if lines else None
-
-
 def read_benchmark_files(bench_dir: Path) -> list[dict[str, Any]]:
     """One record per benchmark file: ``{"rule", "job", "s", "cpu_time", "max_rss"}`` (means over
     the file's rows: a rule run with ``repeat()`` has several). CPU and RSS of a job the warm worker
@@ -72,7 +59,7 @@ def read_benchmark_files(bench_dir: Path) -> list[dict[str, Any]]:
             "job": str(rel.with_suffix("")),
             **{key: _mean(rows, key) for key in ("s", "cpu_time", "max_rss")},
         }
-        job.update(worker_figures(Path(bench_dir).parent / "logs" / rel.with_suffix(".log")) or {})
+        job.update(job_resources(Path(bench_dir).parent / "logs" / rel.with_suffix(".log")) or {})
         jobs.append(job)
     return jobs
 

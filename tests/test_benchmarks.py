@@ -56,9 +56,10 @@ def test_stage_costs_known_answer(tmp_path):
 
 
 def test_stage_costs_takes_cpu_and_rss_of_a_worker_job_from_its_log(tmp_path):
+    from petlprune import worker
     from petlprune.worker import RESOURCE_PREFIX
 
-    assert stage_costs.WORKER_LINE == RESOURCE_PREFIX
+    assert stage_costs.job_resources is worker.job_resources  # one reader, next to the writer
     bench = _bench_tree(tmp_path)
     log = tmp_path / "logs" / "finetune" / "a.log"
     log.parent.mkdir(parents=True)

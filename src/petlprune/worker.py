@@ -32,7 +32,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-__all__ = ["SOCKET_ENV", "RESOURCE_PREFIX", "PRELOAD", "delegate", "serve", "start", "stop"]
+__all__ = ["SOCKET_ENV", "RESOURCE_PREFIX", "PRELOAD", "delegate", "serve", "start", "stop", "job_resources"]
 
 SOCKET_ENV = "PETLPRUNE_WORKER"
 RESOURCE_PREFIX = "petlprune worker: job resources "
@@ -184,6 +184,17 @@ def _run(argv: list[str]) -> int:
     return int(code or 0)
 
 
+def job_resources(log: str | Path) -> dict[str, float] | None:
+    """The ``{"cpu_time", "max_rss"}`` (s, MB) a worker's child wrote at the end of job log ``log``;
+    ``None`` for a job that ran on its own (or a missing log)."""
+    try:
+        tail = Path(log).read_bytes()[-4096:].decode(errors="replace")
+    except OSError:
+        return None
+    lines = [ln for ln in tail.splitlines() if ln.startswith(RESOURCE_PREFIX)]
+    return json.loads(lines[-1][len(RESOURCE_PREFIX):]) if lines else None
+
+
 def _exit_when_closed(conn: socket.socket) -> None:
     try:
         while conn.recv(1):
@@ -213,9 +224,9 @@ def stop() -> None:
     """Remove this process's worker socket; the worker exits within a second of its parent."""
     path = os.environ.pop(SOCKET_ENV, None)
     if path:
-        for name in (path, os.path.dirname(path)):
+        for remove, name in ((os.unlink, path), (os.rmdir, os.path.dirname(path))):
             try:
-                os.rmdir(name) if name != path else os.unlink(name)
+                remove(name)
             except OSError:
                 pass
 
