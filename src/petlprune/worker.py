@@ -32,6 +32,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+from petlprune import kernel
+
 __all__ = ["SOCKET_ENV", "RESOURCE_PREFIX", "PRELOAD", "delegate", "serve", "start", "stop", "job_resources"]
 
 SOCKET_ENV = "PETLPRUNE_WORKER"
@@ -46,13 +48,18 @@ PRELOAD = (
     "petlprune.analysis.features", "petlprune.analysis.cka", "petlprune.analysis.cluster",
     "petlprune.analysis.tsne", "petlprune.data", "petlprune.cli",
     *(f"petlprune.stages.{s}" for s in ("data", "finetune", "features", "score", "plan", "prune", "measure")),
+    *kernel.PRELOAD,  # the report notebooks' kernels fork from here too
+    "papermill.cli", "petlprune.stages.notebook",
 )
 _MAX_REQUEST = 1 << 22
 
 
 # ---------------------------------------------------------------------------------------- client
-def delegate(argv: list[str]) -> int | None:
+def delegate(argv: list[str], entry: str = "cli") -> int | None:
     """Run ``petlprune argv`` in the worker, if one is reachable; its exit status, else ``None``.
+
+    ``entry="kernel"``: the child becomes a notebook kernel instead (:mod:`petlprune.kernel`, whose
+    ipykernel ``argv`` this is).
 
     ``None`` (the caller runs the stage itself) when no worker is named, inside a Slurm job (the
     worker, if any, lives on the submitting host), or when the socket cannot be reached.
@@ -66,12 +73,18 @@ def delegate(argv: list[str]) -> int | None:
     except OSError:
         conn.close()
         return None
-    request = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
+    request = json.dumps({"argv": argv, "entry": entry, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
     with conn:
         socket.send_fds(conn, [struct.pack("!I", len(request)) + request], [0, 1, 2])
-        reply = _recv_exact(conn, 4)
+        pid = _recv_exact(conn, 4)  # the child's pid, then its exit status
+        if pid is not None and entry == "kernel":
+            # Jupyter interrupts a kernel (and does so before shutting it down) with SIGINT to its
+            # process, which is this one: pass it on to the kernel.
+            child = struct.unpack("!i", pid)[0]
+            signal.signal(signal.SIGINT, lambda signum, frame: os.kill(child, signal.SIGINT))
+        reply = None if pid is None else _recv_exact(conn, 4)
     if reply is None:  # the child died without answering: a signal (the OOM killer, a segfault)
-        print(f"petlprune: the worker's process for `petlprune {' '.join(argv)}` died without an exit "
+        print(f"petlprune: the worker's process for `{entry} {' '.join(argv)}` died without an exit "
               f"status (killed by a signal?); rerun with --config worker=false to run it directly",
               file=sys.stderr)
         return 1
@@ -134,6 +147,7 @@ def _child(conn: socket.socket) -> None:
         if body is None:
             raise ConnectionError("client closed the connection")
         request = json.loads(body)
+        conn.sendall(struct.pack("!i", os.getpid()))
         if len(fds) != 3:
             raise ValueError(f"expected the client's stdin, stdout and stderr, got {len(fds)} descriptors")
         for target, fd in zip((0, 1, 2), fds, strict=True):
@@ -142,10 +156,11 @@ def _child(conn: socket.socket) -> None:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
-        sys.argv = ["petlprune", *request["argv"]]
+        entry = request.get("entry", "cli")
+        sys.argv = ["petlprune" if entry == "cli" else f"petlprune.{entry}", *request["argv"]]
         # A client killed by Snakemake (a cancelled run) closes the socket: end the job with it.
         threading.Thread(target=_exit_when_closed, args=(conn,), daemon=True).start()
-        code = _run(request["argv"])
+        code = _ENTRIES[entry](request["argv"])
     except BaseException:  # noqa: BLE001 - the job's log is the only place left to say it
         import traceback
 
@@ -184,6 +199,14 @@ def _run(argv: list[str]) -> int:
     return int(code or 0)
 
 
+def _kernel(argv: list[str]) -> int:
+    kernel.launch(argv)
+    return 0
+
+
+_ENTRIES = {"cli": _run, "kernel": _kernel}
+
+
 def job_resources(log: str | Path) -> dict[str, float] | None:
     """The ``{"cpu_time", "max_rss"}`` (s, MB) a worker's child wrote at the end of job log ``log``;
     ``None`` for a job that ran on its own (or a missing log)."""
@@ -208,9 +231,14 @@ def _exit_when_closed(conn: socket.socket) -> None:
 def start(log: str | Path, parent: int | None = None) -> str:
     """Start a worker for Snakemake process ``parent`` (default: this one); return its socket path.
 
-    Also sets :data:`SOCKET_ENV` in this process's environment, which every shell job inherits.
+    Also sets :data:`SOCKET_ENV` in this process's environment, which every shell job inherits, and
+    makes the notebook kernel :data:`petlprune.kernel.KERNEL_NAME` known to Jupyter there
+    (``JUPYTER_PATH``, and :data:`petlprune.kernel.KERNEL_ENV` for the notebook rules).
     """
     folder = tempfile.mkdtemp(prefix="petlprune-worker-")
+    jupyter = str(kernel.write_kernelspec(os.path.join(folder, "jupyter")))
+    os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in (jupyter, os.environ.get("JUPYTER_PATH")) if p)
+    os.environ[kernel.KERNEL_ENV] = kernel.KERNEL_NAME
     path = os.path.join(folder, "socket")
     Path(log).parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as fh:
@@ -221,14 +249,24 @@ def start(log: str | Path, parent: int | None = None) -> str:
 
 
 def stop() -> None:
-    """Remove this process's worker socket; the worker exits within a second of its parent."""
+    """Remove this process's worker socket and kernelspec; the worker exits within a second of its parent."""
+    import shutil
+
     path = os.environ.pop(SOCKET_ENV, None)
+    os.environ.pop(kernel.KERNEL_ENV, None)
     if path:
-        for remove, name in ((os.unlink, path), (os.rmdir, os.path.dirname(path))):
-            try:
-                remove(name)
-            except OSError:
-                pass
+        folder = os.path.dirname(path)
+        jupyter = os.path.join(folder, "jupyter")
+        rest = [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p and p != jupyter]
+        if rest:
+            os.environ["JUPYTER_PATH"] = os.pathsep.join(rest)
+        else:
+            os.environ.pop("JUPYTER_PATH", None)
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":  # python -m petlprune.worker SOCKET PARENT_PID [MODULE ...] (default: PRELOAD)
