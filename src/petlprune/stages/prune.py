@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from petlprune.stages._args import json_object, positive_int
+from petlprune.stages._retrain_reuse import find_retrained, fingerprint, retrain_lock
 from petlprune.stages.finetune import splits_for
 
 __all__ = ["add_arguments", "run", "require_train_split"]
@@ -41,24 +42,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val", action="store_true",
                         help="re-train on train800, evaluate on val200 (hyper-parameter search; never selects on test)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--no-reuse", action="store_true",
+                        help="re-train even if a sibling in the same run re-trained the identical model")
 
 
 def run(args: argparse.Namespace) -> None:
-    from petlprune.data.vtab import load_meta, make_loader
-    from petlprune.io import atomic_write_json, provenance
+    from petlprune.data.vtab import make_loader
     from petlprune.methods import Plan, get
-    from petlprune.models.build import load_task_model, save_task_model
+    from petlprune.models.build import load_task_model
     from petlprune.models.petl import mark_trainable
     from petlprune.stages.features import task_dataset
-    from petlprune.train import (
-        TrainConfig,
-        evaluate,
-        fit,
-        peak_memory_mb,
-        save_predictions,
-        select_device,
-        set_determinism,
-    )
+    from petlprune.train import TrainConfig, evaluate, fit, select_device, set_determinism
 
     t0 = time.perf_counter()
     cfg = TrainConfig.from_dict(args.train, source="--train")
@@ -95,13 +89,58 @@ def run(args: argparse.Namespace) -> None:
     print(f"prune: {plan.method} {plan.budget}: {depth_before} -> {len(model.blocks)} blocks {plan.kept_blocks}, "
           f"{trainable:,} trainable params; {train_split}: {len(train_ds)}, {eval_split}: {len(eval_ds)}, "
           f"device {device}", flush=True)
-    before = evaluate(model, eval_loader, device)
-    print(f"prune: {eval_split} top1 before re-training {before['top1']:.4f}", flush=True)
-    history = fit(model, make_loader(train_ds, cfg.batch_size, shuffle=True, seed=args.seed), cfg,
-                  device=device, seed=args.seed, loss_fn=loss_fn, log=lambda s: print(s, flush=True))
-    after = evaluate(model, eval_loader, device)
-    print(f"prune: {eval_split} top1 after re-training {after['top1']:.4f} (n={after['n']})", flush=True)
+    # A method's own loss is invisible to the fingerprint: such a re-training is never reused.
+    fp = None if loss_fn is not None or args.no_reuse else fingerprint(model, {
+        "train": cfg.to_dict(), "seed": args.seed, "threads": args.threads, "device": str(device),
+        "data": str(args.data.resolve()), "splits": [train_split, eval_split], "info": info})
+    with retrain_lock(args.out, fp):
+        source = find_retrained(args.out, fp) if fp else None
+        if source is not None:
+            before, after, history = reuse_retraining(source, model)
+            print(f"prune: the same model, recipe and data as {source.name}, re-trained there: its task weights "
+                  f"and evaluations are reused (petlprune prune --no-reuse re-trains)", flush=True)
+        else:
+            before = evaluate(model, eval_loader, device)
+            print(f"prune: {eval_split} top1 before re-training {before['top1']:.4f}", flush=True)
+            history = fit(model, make_loader(train_ds, cfg.batch_size, shuffle=True, seed=args.seed), cfg,
+                          device=device, seed=args.seed, loss_fn=loss_fn, log=lambda s: print(s, flush=True))
+            after = evaluate(model, eval_loader, device)
+        print(f"prune: {eval_split} top1 after re-training {after['top1']:.4f} (n={after['n']})", flush=True)
+        _write(args, model, info, plan, cfg, (before, after, history), depth_before=depth_before,
+               trainable=trainable, splits=(train_split, eval_split), device=device, t0=t0, fp=fp, source=source)
 
+
+def reuse_retraining(source: Path, model) -> tuple[dict, dict, list]:
+    """Load ``source``'s re-trained task weights into ``model`` (the same structure: the fingerprint
+    says so); return its (before, after, history) evaluations as :func:`petlprune.train.evaluate` would."""
+    import json
+
+    import numpy as np
+
+    from petlprune.io import load_checkpoint
+    from petlprune.models.build import load_task_state_dict
+
+    load_task_state_dict(model, load_checkpoint(source / "model.pt")["state_dict"], source=str(source / "model.pt"))
+    metrics = json.loads((source / "metrics.json").read_text())
+    with np.load(source / "predictions.npz") as pred:
+        labels, after_pred, before_pred = pred["labels"], pred["pred"], pred["pred_before_retrain"]
+    n = int(metrics["n_eval"])
+    before = {"top1": metrics["top1_before_retrain"], "loss": metrics["eval_loss_before_retrain"], "n": n,
+              "labels": labels, "pred": before_pred}
+    after = {"top1": metrics["top1"], "loss": metrics["eval_loss"], "n": n, "labels": labels, "pred": after_pred}
+    return before, after, metrics["history"]
+
+
+def _write(args, model, info, plan, cfg, evaluations, *, depth_before, trainable, splits, device, t0, fp,
+           source) -> None:
+    """Save the re-trained model, its predictions and metrics.json (last: its presence means done)."""
+    from petlprune.data.vtab import load_meta
+    from petlprune.io import atomic_write_json, provenance
+    from petlprune.models.build import save_task_model
+    from petlprune.train import peak_memory_mb, save_predictions
+
+    before, after, history = evaluations
+    train_split, eval_split = splits
     model = model.cpu()
     save_task_model(args.out / "model.pt", model, backbone=args.backbone, petl=info["petl"],
                     petl_options=info["petl_options"], num_classes=info["num_classes"], plan=plan,
@@ -129,6 +168,8 @@ def run(args: argparse.Namespace) -> None:
         "params_trainable": trainable,
         "train": cfg.to_dict(),
         "history": history,
+        "retrain_fingerprint": fp,
+        "retrain_reused_from": None if source is None else source.name,
         "provenance": provenance(
             device=str(device), seed=args.seed, wall_seconds=time.perf_counter() - t0,
             peak_memory_mb=peak_memory_mb(device), threads=args.threads, argv=getattr(args, "argv", None),
