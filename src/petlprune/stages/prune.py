@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 from petlprune.stages._args import json_object, positive_int
-from petlprune.stages._retrain_reuse import find_retrained, fingerprint, retrain_lock
 from petlprune.stages.finetune import splits_for
 
 __all__ = ["add_arguments", "run", "require_train_split"]
@@ -51,6 +50,7 @@ def run(args: argparse.Namespace) -> None:
     from petlprune.methods import Plan, get
     from petlprune.models.build import load_task_model
     from petlprune.models.petl import mark_trainable
+    from petlprune.stages._retrain_reuse import find_retrained, fingerprint, retrain_lock
     from petlprune.stages.features import task_dataset
     from petlprune.train import TrainConfig, evaluate, fit, select_device, set_determinism
 
