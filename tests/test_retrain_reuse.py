@@ -31,12 +31,13 @@ def test_a_second_identical_model_takes_the_first_ones_retraining(run_dir) -> No
     # two methods, one model: every block kept (SLS's a0.3 when it prunes nothing; the unpruned control)
     first = _prune(r, _write_plan(r, "last_k", "d4", [0, 1, 2, 3]), pruned / "last_k-d4")
     second = _prune(r, _write_plan(r, "sls", "a0.3", [0, 1, 2, 3]), pruned / "sls-a0.3")
-    assert first["retrain_reused_from"] is None and second["retrain_reused_from"] == "last_k-d4"
-    assert second["retrain_fingerprint"] == first["retrain_fingerprint"]
+    prov1, prov2 = first["provenance"], second["provenance"]
+    assert prov1["retrain_reused_from"] is None and prov2["retrain_reused_from"] == "last_k-d4"
+    assert prov2["retrain_fingerprint"] == prov1["retrain_fingerprint"]
     assert (second["method"], second["budget"]) == ("sls", "a0.3")
     # the premise: re-training the same model again gives bit-identical numbers
     again = _prune(r, r["run"] / "plan" / "sls-a0.3.json", pruned / "sls-again", "--no-reuse")
-    assert again["retrain_reused_from"] is None and again["retrain_fingerprint"] is None
+    assert again["provenance"]["retrain_reused_from"] is None and again["provenance"]["retrain_fingerprint"] is None
     for key in ("top1", "top1_before_retrain", "eval_loss", "eval_loss_before_retrain", "n_eval"):
         assert first[key] == second[key] == again[key], key
     assert [h["loss"] for h in second["history"]] == [h["loss"] for h in again["history"]]
@@ -49,7 +50,8 @@ def test_a_second_identical_model_takes_the_first_ones_retraining(run_dir) -> No
         assert torch.equal(p, q), name
     # another model is re-trained
     other = _prune(r, _write_plan(r, "last_k", "d2", [0, 1]), pruned / "last_k-d2")
-    assert other["retrain_reused_from"] is None and other["retrain_fingerprint"] != first["retrain_fingerprint"]
+    assert other["provenance"]["retrain_reused_from"] is None
+    assert other["provenance"]["retrain_fingerprint"] != prov1["retrain_fingerprint"]
 
 
 class _Tiny(nn.Module):

@@ -8,7 +8,8 @@ result is a function of what goes in. :func:`fingerprint` hashes all of that: ev
 buffer (values, shapes, which are trainable, which are shared), the modules' types and attributes,
 the recipe, seed, threads, device and the data. A prune job whose fingerprint matches a finished
 sibling in the same run (``RUN/pruned/*/metrics.json``) takes that sibling's re-trained task weights
-and evaluations instead of computing them again, and says so in its metrics (``retrain_reused_from``).
+and evaluations instead of computing them again, and says so in its metrics' provenance
+(``retrain_reused_from``; the values are those a re-training gives, the provenance says how they came).
 A lock per fingerprint makes a second identical job wait for the first rather than repeat it.
 
 Not reused: a re-training with a method's own loss (``retrain_loss``, e.g. Pear's distillation),
@@ -58,7 +59,8 @@ def fingerprint(model: nn.Module, context: dict[str, Any]) -> str:
 
     Args:
         model: the pruned model, trainable parameters marked, before re-training.
-        context: the rest, JSON-serialisable: recipe, seed, threads, device, data, splits.
+        context: the rest, JSON-serialisable: recipe, seed, threads, device, data, splits. No path:
+            the same run in another folder has the same fingerprints.
     """
     h = hashlib.sha256()
     h.update(json.dumps(context, sort_keys=True, default=str).encode())
@@ -86,7 +88,7 @@ def find_retrained(out: Path, fp: str) -> Path | None:
         if sibling == out or not ((sibling / "model.pt").exists() and (sibling / "predictions.npz").exists()):
             continue
         try:
-            found = json.loads(metrics.read_text()).get("retrain_fingerprint")
+            found = (json.loads(metrics.read_text()).get("provenance") or {}).get("retrain_fingerprint")
         except (OSError, ValueError):
             continue
         if found == fp:

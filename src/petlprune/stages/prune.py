@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from petlprune.data.vtab import make_loader
+    from petlprune.data.vtab import load_meta, make_loader
     from petlprune.methods import Plan, get
     from petlprune.models.build import load_task_model
     from petlprune.models.petl import mark_trainable
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> None:
     # A method's own loss is invisible to the fingerprint: such a re-training is never reused.
     fp = None if loss_fn is not None or args.no_reuse else fingerprint(model, {
         "train": cfg.to_dict(), "seed": args.seed, "threads": args.threads, "device": str(device),
-        "data": str(args.data.resolve()), "splits": [train_split, eval_split], "info": info})
+        "data": load_meta(args.data), "splits": [train_split, eval_split], "info": info})
     with retrain_lock(args.out, fp):
         source = find_retrained(args.out, fp) if fp else None
         if source is not None:
@@ -168,12 +168,12 @@ def _write(args, model, info, plan, cfg, evaluations, *, depth_before, trainable
         "params_trainable": trainable,
         "train": cfg.to_dict(),
         "history": history,
-        "retrain_fingerprint": fp,
-        "retrain_reused_from": None if source is None else source.name,
         "provenance": provenance(
             device=str(device), seed=args.seed, wall_seconds=time.perf_counter() - t0,
             peak_memory_mb=peak_memory_mb(device), threads=args.threads, argv=getattr(args, "argv", None),
             backbone=str(args.backbone), data=str(args.data), model=str(args.model), plan=str(args.plan),
+            # how the numbers were obtained: which sibling's identical re-training they are, if any
+            retrain_fingerprint=fp, retrain_reused_from=None if source is None else source.name,
         ),
     }
     save_predictions(args.out / "predictions.npz", eval_split, pred=after, before_retrain=before)
