@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -15,6 +21,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    """A warm worker (petlprune/worker.py) with a light preload, for this test process; yields its
+    socket path and process."""
+    path = str(tmp_path / "socket")
+    proc = subprocess.Popen([sys.executable, "-m", "petlprune.worker", path, str(os.getpid()), "petlprune.cli"],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path):
+        assert proc.poll() is None and time.monotonic() < deadline, "the worker did not come up"
+        time.sleep(0.05)
+    yield path, proc
+    if os.path.exists(path):
+        os.unlink(path)
+    proc.wait(timeout=10)
 
 
 def write_colour_task(task, n: int = 75):

@@ -18,21 +18,13 @@ from petlprune.stages.notebook import papermill_argv
 
 
 @pytest.fixture
-def warm(tmp_path: Path):
-    """A worker (light preload) and an environment that announces it and its kernel, as worker.start does."""
-    path = str(tmp_path / "socket")
-    proc = subprocess.Popen([sys.executable, "-m", "petlprune.worker", path, str(os.getpid()), "petlprune.cli"],
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while not os.path.exists(path):
-        assert proc.poll() is None and time.monotonic() < deadline, "the worker did not come up"
-        time.sleep(0.05)
+def warm(tmp_path: Path, server):
+    """A worker and an environment that announces it and its kernel, as worker.start does."""
+    path, proc = server
     env = {k: v for k, v in os.environ.items() if k not in ("SLURM_JOB_ID", "JUPYTER_PATH")}
     env.update({worker.SOCKET_ENV: path, kernel.KERNEL_ENV: kernel.KERNEL_NAME,
                 "JUPYTER_PATH": str(kernel.write_kernelspec(tmp_path / "jupyter"))})
-    yield env, proc
-    os.unlink(path)
-    proc.wait(timeout=10)
+    return env, proc
 
 
 def write_notebook(path: Path) -> Path:

@@ -6,29 +6,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from petlprune import worker
 from petlprune.methods import Scores
-
-
-@pytest.fixture
-def server(tmp_path: Path):
-    """A worker with a light preload, for this test process; yields its socket path."""
-    path = str(tmp_path / "socket")
-    proc = subprocess.Popen([sys.executable, "-m", "petlprune.worker", path, str(os.getpid()), "petlprune.cli"],
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not os.path.exists(path):
-        assert proc.poll() is None and time.monotonic() < deadline, "the worker did not come up"
-        time.sleep(0.05)
-    yield path, proc
-    if os.path.exists(path):
-        os.unlink(path)
-    proc.wait(timeout=10)
 
 
 def petlprune(args: list[str], cwd: Path, socket_path: str | None, **env: str) -> subprocess.CompletedProcess:

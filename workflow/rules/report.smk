@@ -2,10 +2,9 @@
 # Notebooks only read results and draw; they never train.
 
 NB = f"{R}/notebooks"
-# papermill's command line, run by the warm worker when one runs, whose forked kernels have imported
-# ipykernel and petlprune.report already (stages/notebook.py, kernel.py: the same cells and outputs,
-# about 3 s less per notebook); without a worker, papermill as usual.
-PAPERMILL = "petlprune notebook"
+# `petlprune notebook ARGS` is `papermill ARGS`, run by the warm worker when one runs, with a kernel
+# forked from it that has imported ipykernel and petlprune.report (stages/notebook.py, kernel.py: the
+# same cells and outputs, about 3 s less per notebook); without a worker, papermill as usual.
 PETL0, SEED0 = PETLS[0], SEEDS[0]
 # The SLS alpha whose depth the `matched` budgets get (config key matched_alpha; until a tier sets it,
 # the first SLS alpha budget, which is what the plan rule matches to).
@@ -57,7 +56,7 @@ rule result_notebook:
     log:
         f"{R}/logs/notebooks/{{task}}-{{method}}.log",
     shell:
-        "{PAPERMILL} {input.template} {output} -p results_dir {R} -p task {wildcards.task}"
+        "petlprune notebook {input.template} {output} -p results_dir {R} -p task {wildcards.task}"
         " -p method {wildcards.method} -p petl {params.petl} -p seed {SEED0} > {log} 2>&1"
 
 
@@ -70,7 +69,7 @@ rule task_notebook:
     log:
         f"{R}/logs/notebooks/{{task}}.log",
     shell:
-        "{PAPERMILL} {input.template} {output} -p results_dir {R} -p task {wildcards.task}"
+        "petlprune notebook {input.template} {output} -p results_dir {R} -p task {wildcards.task}"
         " -p petl {PETL0} > {log} 2>&1"
 
 
@@ -94,7 +93,7 @@ rule summary_notebook:
     log:
         f"{R}/logs/notebooks/summary.log",
     shell:
-        "{PAPERMILL} {input.template} {output} -p results_dir {R}"
+        "petlprune notebook {input.template} {output} -p results_dir {R}"
         " -p matched_alpha {MATCHED_ALPHA} > {log} 2>&1"
 
 
@@ -110,7 +109,7 @@ rule claims_notebook:
     log:
         f"{R}/logs/notebooks/claims.log",
     shell:
-        "{PAPERMILL} {input.template} {output} -p results_dir {R}"
+        "petlprune notebook {input.template} {output} -p results_dir {R}"
         " -p matched_alpha {MATCHED_ALPHA} -p tier {TIER} -p tiers_json {params.tiers} > {log} 2>&1"
 
 
