@@ -66,9 +66,9 @@ def limit_native_threads(threads: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # the console command: a local run's warm worker runs it, if there is one
-        from petlprune import worker
+        from petlprune.delegate import delegate
 
-        code = worker.delegate(sys.argv[1:])
+        code = delegate(sys.argv[1:])
         if code is not None:
             return code
     argv = list(sys.argv[1:] if argv is None else argv)

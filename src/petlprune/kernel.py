@@ -54,10 +54,10 @@ def launch(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Be a kernel: forked from the worker if it can be reached, else in this process."""
-    from petlprune import worker
+    from petlprune.delegate import delegate
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    code = worker.delegate(argv, entry="kernel")
+    code = delegate(argv, entry="kernel")
     if code is not None:
         return code
     launch(argv)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from petlprune.models.petl import PetlModule
+from petlprune.models.petl_base import PetlModule
 
 __all__ = ["Prototypes", "auto_block", "BlockPositions", "BlockLinear", "inject_splopa", "block_layers", "keep_cells",
            "kron_delta", "SPLOPA_TARGETS"]
