@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["BUDGET_KINDS", "KIND_LETTERS", "BUDGET_PATTERN", "Budget", "budget_family", "budget_order",
+__all__ = ["BUDGET_KINDS", "KIND_LETTERS", "BUDGET_PATTERN", "Budget", "budget_family", "budget_order", "check_budget_bounds",
            "budget_kind"]
 
 # letter -> kind. Adding a kind: one line here (the pattern, the schema test and the tables follow).
@@ -83,3 +83,17 @@ def budget_order(budget: str) -> tuple:
     letter, value = m["kind"], float(m["value"])
     # alphas ascending; depths descending (cheapest last); other kinds by value
     return ({"a": 2, "d": 3}.get(letter, 4), -value if letter == "d" else value, letter)
+
+
+def check_budget_bounds(budget: Budget, depth: int | None) -> None:
+    """Raise ``ValueError`` when a backbone of ``depth`` blocks (None: unknown) cannot have ``budget``:
+    a depth or a segment count outside 1..depth, a ratio or a density outside [0, 1] (a density of 0
+    or a ratio of 1 would leave no adapter parameter; both are kept legal as the extremes of a sweep)."""
+    if budget.kind in ("depth", "segments"):
+        what = "blocks kept" if budget.kind == "depth" else "segments"
+        if budget.value < 1:
+            raise ValueError(f"budget {budget.text!r}: {what} must be at least 1")
+        if depth is not None and budget.value > depth:
+            raise ValueError(f"budget {budget.text!r}: {budget.value:g} {what}, but the backbone has {depth} blocks")
+    elif budget.kind in ("ratio", "density") and not 0 <= budget.value <= 1:
+        raise ValueError(f"budget {budget.text!r}: a {budget.kind} is a fraction in [0, 1]")

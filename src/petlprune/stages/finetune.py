@@ -13,15 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from petlprune.core.splits import splits_for
 from petlprune.stages._args import json_object, positive_int
 
 __all__ = ["add_arguments", "run", "splits_for", "num_classes_of", "finetune"]
 
-
-
-def splits_for(val: bool) -> tuple[str, str]:
-    """(train split, evaluation split): hyper-parameter search never sees test."""
-    return ("train800", "val200") if val else ("train800val200", "test")
 
 
 def num_classes_of(data: Path, splits: tuple[str, ...]) -> int:
