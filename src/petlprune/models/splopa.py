@@ -1,5 +1,5 @@
 """SPLoPA: Block-SPA's prototype adapter with block masks (Hedegaard et al., "Structured Pruning
-Adapters", arXiv 2211.10155; spec ``methods/SPA.md``, section Block-SPA).
+Adapters", arXiv 2211.10155; spec ``book/methods/specs/spa.md``, section Block-SPA).
 
 Every adapted linear layer W (n_out x n_in) is tiled into b x b blocks, a grid of
 (n_out/b) x (n_in/b). The task update is a sum of Kronecker products
