@@ -53,3 +53,16 @@ def test_the_check_finds_a_citation_outside_the_repository(tmp_path: Path) -> No
     module = tmp_path / "probe.py"
     module.write_text('"""Spec: ``methods/SPA.md``."""\n# see book/methods/sls.md and NOWHERE.md\n')
     assert missing_citations([module]) == ["probe.py:1: methods/SPA.md", "probe.py:2: NOWHERE.md"]
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared fixtures live in tests/conftest.py and shared helpers in tests/_helpers.py; a test module that
+    imports another runs (and collects) the other's module-level code twice under two names."""
+    bad = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            bad += [f"{path.name}:{node.lineno}: {n}" for n in names
+                    if n.split(".")[0].startswith("test_") or n.split(".")[0] in ("conftest", "tests")]
+    assert bad == []
