@@ -40,8 +40,8 @@ def run(args: argparse.Namespace) -> None:
     from petlprune.methods import Plan, get
     from petlprune.models.build import load_task_model
     from petlprune.models.petl import mark_trainable
+    from petlprune.stages._data import task_dataset
     from petlprune.stages._retrain_reuse import find_retrained, fingerprint, retrain_lock
-    from petlprune.stages.features import task_dataset
     from petlprune.train import TrainConfig, evaluate, fit, select_device, set_determinism
 
     t0 = time.perf_counter()

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> None:
     from petlprune.data.vtab import make_loader
     from petlprune.methods import ScoringContext
     from petlprune.models.build import load_task_model
-    from petlprune.stages.features import task_dataset
+    from petlprune.stages._data import task_dataset
     from petlprune.train import select_device, set_determinism
 
     set_determinism(args.seed, args.threads)
