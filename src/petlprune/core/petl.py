@@ -69,4 +69,5 @@ def check_petl_options(petl: str, raw: Mapping[str, Any]) -> dict[str, Any]:
     """
     if petl not in PETL_OPTIONS:
         raise ValueError(f"unknown PETL method {petl!r}; known: {', '.join(PETL_NAMES)}")
-    return check_declared(petl, PETL_OPTIONS[petl], dict(raw), what="PETL method")
+    opts = check_declared(petl, PETL_OPTIONS[petl], dict(raw), what="PETL method")
+    return {k: list(v) if isinstance(v, list) else v for k, v in opts.items()}  # no shared list defaults
