@@ -42,6 +42,8 @@ from torch import nn
 
 from petlprune.core.petl import PETL_NAMES, check_petl_options, petl_defaults
 from petlprune.models.petl_base import PetlModule
+from petlprune.models.splopa import inject_splopa
+from petlprune.models.splora import inject_splora
 
 __all__ = [
     "PETL_METHODS",
@@ -273,12 +275,8 @@ def inject_petl(model: nn.Module, method: str, **options: Any) -> nn.Module:
                 lora = LowRank(linear.in_features, linear.out_features, opts["rank"], opts["alpha"])
                 setattr(parent, child_name, Parallel(linear, lora))
     if method == "splora":
-        from petlprune.models.splora import inject_splora  # lazy: torch-heavy, used by one PETL
-
         inject_splora(model, opts["rank"])
     if method == "splopa":
-        from petlprune.models.splopa import inject_splopa  # lazy: torch-heavy, used by one PETL
-
         inject_splopa(model, opts["block"], opts["prototypes"], opts["targets"])
     device = next(model.parameters()).device
     model.to(device)
