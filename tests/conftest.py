@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+
+from _helpers import (
+    ARCH,
+    COMMON,
+    MEASURE_KWARGS,
+    PRUNE_TINY,
+    STAGE_TINY,
+    TRAIN,
+    colour_images,
+    write_colour_task,
+)
+from petlprune.cli import main
+from petlprune.data.writer import write_split_folder
+from petlprune.methods import Plan, get
+from petlprune.models.backbone import create_backbone, save_backbone
+from petlprune.models.build import build_model, save_task_model
 
 torch.set_num_threads(1)
 
@@ -40,23 +58,58 @@ def server(tmp_path: Path):
     proc.wait(timeout=10)
 
 
-def write_colour_task(task, n: int = 75):
-    """A tiny 3-class VTAB-layout task of noisy colour patches (train800 36, val200 9, test 30 of 75).
-
-    Args:
-        task: folder to write (``images/``, list files, ``meta.json``).
-        n: images in all.
-    """
-    import numpy as np
-
-    from petlprune.data.writer import write_split_folder
-
-    rng = np.random.default_rng(0)
-    labels = np.arange(n) % 3
-    colours = rng.integers(0, 256, size=(3, 3))
-    images = np.clip(colours[labels][:, None, None, :] + rng.normal(0, 50, (n, 32, 32, 3)), 0, 255).astype(np.uint8)
-    write_split_folder(task, images, labels,
-                       {"train800": np.arange(36), "val200": np.arange(36, 45),
-                        "train800val200": np.arange(45), "test": np.arange(45, n)},
+# ------------------------------------------------------------------------- shared stage fixtures
+# (a module-scoped fixture is built once per test module that uses it)
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    images, labels = colour_images(60, 3, seed=0)
+    out = tmp_path_factory.mktemp("data") / "colours"
+    write_split_folder(out, images, labels,
+                       {"train800": np.arange(0, 32), "val200": np.arange(32, 40),
+                        "train800val200": np.arange(0, 40), "test": np.arange(40, 60)},
                        ["r", "g", "b"], {"seed": 0, "kind": "embedded", "description": "test colours"})
-    return task
+    return out
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory):
+    images, labels = colour_images(48, 4, seed=1)
+    root = tmp_path_factory.mktemp("source")
+    write_split_folder(root / "fractal", images, labels, {"train": np.arange(0, 40), "test": np.arange(40, 48)},
+                       ["a", "b", "c", "d"], {"seed": 1, "kind": "source", "description": "test source"})
+    out = root / "backbone" / "tiny.pt"
+    main(["pretrain", "--out", str(out), "--timm-model", ARCH, "--timm-kwargs", json.dumps(STAGE_TINY),
+          "--weights", "pretrain", "--data", str(root / "fractal"), "--train", json.dumps(TRAIN),
+          "--seed", "0", "--threads", "1", "--device", "cpu"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A tiny VTAB-layout task, a random tiny backbone and a fine-tuned adapter model."""
+    root = tmp_path_factory.mktemp("study")
+    task = write_colour_task(root / "data" / "colours")
+    backbone = root / "backbone" / "tiny.pt"
+    main(["pretrain", "--out", str(backbone), "--timm-model", ARCH, "--timm-kwargs", json.dumps(PRUNE_TINY),
+          "--weights", "random", "--seed", "0", "--threads", "1"])
+    run = root / "runs" / "colours" / "adapter" / "seed0"
+    main(["finetune", "--data", str(task), "--backbone", str(backbone), "--petl", "adapter",
+          "--train", json.dumps(TRAIN), "--seed", "0", "--out", str(run / "finetune"), *COMMON])
+    return {"task": task, "backbone": backbone, "run": run, "model": run / "finetune" / "model.pt"}
+
+
+@pytest.fixture()
+def task_dirs(tmp_path):
+    torch.manual_seed(0)
+    backbone = tmp_path / "backbone.pt"
+    save_backbone(backbone, create_backbone("vit_tiny_patch16_224", MEASURE_KWARGS, num_classes=1),
+                  timm_model="vit_tiny_patch16_224", timm_kwargs=MEASURE_KWARGS, mean=[0.5] * 3, std=[0.5] * 3)
+    dirs = {"finetune": tmp_path / "finetune", "pruned": tmp_path / "pruned" / "last_k-d2"}
+    model = build_model(backbone, petl="adapter", num_classes=5)
+    save_task_model(dirs["finetune"] / "model.pt", model, backbone=backbone, petl="adapter",
+                    petl_options=None, num_classes=5)
+    plan = Plan("last_k", "d2", 2, [0, 1])
+    model = get("last_k").apply(build_model(backbone, petl="adapter", num_classes=5), plan)
+    save_task_model(dirs["pruned"] / "model.pt", model, backbone=backbone, petl="adapter",
+                    petl_options=None, num_classes=5, plan=plan)
+    return backbone, dirs

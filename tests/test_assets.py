@@ -15,14 +15,13 @@ from petlprune.models.assets import (
     AssetError,
     bundled_path,
     checksum_path,
-    create_bundled,
     provenance_path,
     read_asset,
     sha256_of,
     verify_asset,
     write_asset,
 )
-from petlprune.models.backbone import backbone_state_dict, create_backbone, state_fingerprint
+from petlprune.models.backbone import backbone_state_dict, create_backbone, create_bundled, state_fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}

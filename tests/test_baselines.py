@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
+from _helpers import Negate, tiny_loader, tiny_vit
 from petlprune.methods import Budget, Plan, Scores, ScoringContext, get
-from test_baselines_importance import Negate, tiny_loader, tiny_vit
 
 NAMES = ("last_k", "random", "block_influence", "angular", "taylor_layer")
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from _helpers import Negate, tiny_loader, tiny_vit
 from petlprune.analysis.importance import (
     angular_distance,
     block_influence,
@@ -16,11 +17,6 @@ from petlprune.analysis.importance import (
     taylor_importance,
     token_cosine,
 )
-
-
-class Negate(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return -x
 
 
 class WithAdapter(nn.Module):
@@ -34,20 +30,6 @@ class WithAdapter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(x) + self.up(nn.functional.gelu(self.down(x)))
-
-
-def tiny_vit(depth: int = 4) -> nn.Module:
-    import timm  # after petlprune (its compat step), which the import above has run
-
-    torch.manual_seed(0)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
-                             embed_dim=32, depth=depth, num_heads=2, num_classes=5)
-
-
-def tiny_loader(batches: int = 2, batch_size: int = 3, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(batch_size, 3, 32, 32, generator=g), torch.randint(0, 5, (batch_size,), generator=g))
-            for _ in range(batches)]
 
 
 def loop_cosine_mean(h_in: torch.Tensor, h_out: torch.Tensor) -> tuple[float, int]:

@@ -58,6 +58,33 @@ BAD = {
         "budgets.angular",
     ),
     "malformed budget": (lambda c: _set(c, "budgets.last_k", ["half"]), "half"),
+    # budgets the backbone cannot have (the smoke backbone has 6 blocks; core/budgets.py)
+    "depth 0": (lambda c: _set(c, "budgets.last_k", ["d0"]), "config key budgets.last_k: budget 'd0'"),
+    "deeper than the backbone": (lambda c: _set(c, "budgets.last_k", ["d7"]),
+                                 "config key budgets.last_k: budget 'd7': 7 blocks kept, but the backbone has 6"),
+    "ratio above 1": (lambda c: _set(c, "budgets.pear", ["r1.5"]), "config key budgets.pear: budget 'r1.5'"),
+    "density above 1": (lambda c: _set(c, "budgets.spa", ["p1.5"]), "config key budgets.spa: budget 'p1.5'"),
+    # backbone shapes that do not divide (core/backbone.py)
+    "width not divisible by heads": (lambda c: _set(c, "backbone.timm_kwargs.num_heads", 5),
+                                     "config key backbone.timm_kwargs.num_heads: embed_dim 32"),
+    "image not tiled by patches": (lambda c: _set(c, "backbone.timm_kwargs.patch_size", 5),
+                                   "config key backbone.timm_kwargs.patch_size: img_size 32"),
+    # PETL options, declared in core/petl.py
+    "PETL option typo": (lambda c: _set(c, "petl.options.adapter.bottlenek", 4),
+                         "config key petl.options.adapter.bottlenek: PETL method 'adapter': unknown option"),
+    "PETL option out of range": (lambda c: _set(c, "petl.options.adapter.bottleneck", 0),
+                                 "config key petl.options.adapter.bottleneck"),
+    "PETL option of the wrong type": (lambda c: _set(c, "petl.options.splopa.prototypes", "four"),
+                                      "config key petl.options.splopa.prototypes"),
+    # a file the config names
+    "checkpoint that does not exist": (
+        lambda c: _set(_set(c, "backbone.weights", "file"), "backbone.checkpoint", "no/such/vit.pt"),
+        "config key backbone.checkpoint: 'no/such/vit.pt' is not a file"),
+    # method options of the wrong type or range (the methods that declare them: methods/base.py Option)
+    "method option of the wrong type": (lambda c: _set(c, "methods.depgraph.batches", "two"),
+                                        "config key methods.depgraph.batches"),
+    "method option out of range": (lambda c: _set(c, "methods.taylor_layer.batches", 0),
+                                   "config key methods.taylor_layer.batches"),
 }
 
 

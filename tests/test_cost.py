@@ -96,7 +96,7 @@ def test_cost_counts_equal_the_dry_run_on_smoke(tmp_path, capsys):
 @pytest.mark.slow
 def test_cost_counts_equal_the_dry_run_on_paper(tmp_path, capsys):
     """paper.yaml itself, its data folder absent (cost stubs it); the reference dry run reads a fake tree."""
-    from test_paper_config import make_fake_vtab, paper_config_for
+    from _helpers import make_fake_vtab, paper_config_for
 
     cfg = yaml.safe_load((ROOT / "workflow/config/paper.yaml").read_text())
     vtab = make_fake_vtab(tmp_path / "vtab-1k", cfg["data"]["num_classes"])

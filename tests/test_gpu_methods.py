@@ -111,7 +111,7 @@ def test_spa_scores_and_masks_stay_on_the_cpu(name, device):
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """A tiny VTAB-layout task, a random tiny backbone, fine-tuned adapter/splora/splopa models (CUDA)."""
-    from conftest import write_colour_task
+    from _helpers import write_colour_task
     from petlprune.cli import main
 
     root = tmp_path_factory.mktemp("gpu")

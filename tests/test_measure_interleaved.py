@@ -8,7 +8,6 @@ import petlprune.measure as measure
 from petlprune.cli import main
 from petlprune.io import read_json
 from petlprune.stages.measure import interleaved_times
-from test_measure_stage import task_dirs  # noqa: F401  (fixture)
 
 
 def test_interleaved_times_alternate_models(monkeypatch):

@@ -6,33 +6,11 @@ import petlprune  # noqa: F401  (before timm: the torchvision compatibility step
 
 # isort: split
 import pytest
-import torch
 
 from petlprune.cli import main
 from petlprune.io import read_json
-from petlprune.methods import Plan, get
-from petlprune.models.backbone import create_backbone, save_backbone
-from petlprune.models.build import build_model, save_task_model
 
-KWARGS = {"img_size": 16, "patch_size": 8, "embed_dim": 12, "depth": 3, "num_heads": 2}
 ADAPTER, HEAD = (12 * 8 + 8) + (8 * 12 + 12), 12 * 5 + 5
-
-
-@pytest.fixture()
-def task_dirs(tmp_path):
-    torch.manual_seed(0)
-    backbone = tmp_path / "backbone.pt"
-    save_backbone(backbone, create_backbone("vit_tiny_patch16_224", KWARGS, num_classes=1),
-                  timm_model="vit_tiny_patch16_224", timm_kwargs=KWARGS, mean=[0.5] * 3, std=[0.5] * 3)
-    dirs = {"finetune": tmp_path / "finetune", "pruned": tmp_path / "pruned" / "last_k-d2"}
-    model = build_model(backbone, petl="adapter", num_classes=5)
-    save_task_model(dirs["finetune"] / "model.pt", model, backbone=backbone, petl="adapter",
-                    petl_options=None, num_classes=5)
-    plan = Plan("last_k", "d2", 2, [0, 1])
-    model = get("last_k").apply(build_model(backbone, petl="adapter", num_classes=5), plan)
-    save_task_model(dirs["pruned"] / "model.pt", model, backbone=backbone, petl="adapter",
-                    petl_options=None, num_classes=5, plan=plan)
-    return backbone, dirs
 
 
 def test_measure_stage_writes_efficiency_json_per_dir(task_dirs, capsys):

@@ -222,9 +222,9 @@ def test_load_task_state_dict_is_strict(backbone):
 def test_inject_errors(backbone):
     with pytest.raises(ValueError, match="unknown PETL method 'prompt'"):
         inject_petl(copy.deepcopy(backbone), "prompt")
-    with pytest.raises(ValueError, match=r"'adapter': unknown option\(s\) rank"):
+    with pytest.raises(ValueError, match=r"'adapter': unknown option 'rank'"):
         inject_petl(copy.deepcopy(backbone), "adapter", rank=4)
-    with pytest.raises(ValueError, match="lora targets"):
+    with pytest.raises(ValueError, match="targets"):
         inject_petl(copy.deepcopy(backbone), "lora", targets=["q"])
     model = inject_petl(copy.deepcopy(backbone), "adapter")
     with pytest.raises(ValueError, match="inject once"):

@@ -7,7 +7,6 @@ stands in for the real benchmark, which cannot be downloaded here.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import re
 import subprocess
 import sys
@@ -17,58 +16,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from PIL import Image
 
+from _helpers import VTAB_CLASSES, make_fake_vtab, paper_config_for
 from petlprune.data.vtab import DatasetError, VTABDataset, check_manifest, read_manifest
 from petlprune.methods import METHOD_MODULES
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = yaml.safe_load((ROOT / "workflow/config/paper.yaml").read_text())
-SPLITS = {"train800": slice(0, 3), "val200": slice(3, 4), "train800val200": slice(0, 4), "test": slice(4, 6)}
 # VTAB-1k class counts (NOAH / VPT configs); a typo in paper.yaml must fail here.
-VTAB_CLASSES = {
-    "cifar": 100, "caltech101": 102, "dtd": 47, "oxford_flowers102": 102, "oxford_iiit_pet": 37, "svhn": 10,
-    "sun397": 397, "patch_camelyon": 2, "eurosat": 10, "resisc45": 45, "diabetic_retinopathy": 5,
-    "clevr_count": 8, "clevr_dist": 6, "dmlab": 6, "kitti": 4, "dsprites_loc": 16, "dsprites_ori": 16,
-    "smallnorb_azi": 18, "smallnorb_ele": 9,
-}
-
-
-def make_fake_vtab(root: Path, classes: dict[str, int], n: int = 6, seed: int = 0) -> Path:
-    """A VTAB-1k tree in the NOAH layout: ``{root}/{task}/images/*.jpg``, the four list files per task
-    (labels cycling over the task's classes) and ``{root}/SHA256SUMS`` over the list files."""
-    rng = np.random.default_rng(seed)
-    lines = []
-    for task, k in classes.items():
-        d = root / task
-        (d / "images").mkdir(parents=True, exist_ok=True)
-        rows = []
-        for i in range(n):
-            # Non-square, not 224: the loader must resize.
-            Image.fromarray(rng.integers(0, 256, (24, 30, 3), dtype=np.uint8)).save(d / "images" / f"{i:04d}.jpg")
-            rows.append(f"images/{i:04d}.jpg {i % k}")
-        for split, rows_of in SPLITS.items():
-            (d / f"{split}.txt").write_text("\n".join(rows[rows_of]) + "\n")
-            digest = hashlib.sha256((d / f"{split}.txt").read_bytes()).hexdigest()
-            lines.append(f"{digest}  {task}/{split}.txt")
-    (root / "SHA256SUMS").write_text("\n".join(lines) + "\n")
-    return root
 
 
 @pytest.fixture(scope="module")
 def fake_vtab(tmp_path_factory) -> Path:
     return make_fake_vtab(tmp_path_factory.mktemp("paper") / "vtab-1k", VTAB_CLASSES)
-
-
-def paper_config_for(vtab: Path, out: Path) -> Path:
-    """paper.yaml with its data root, manifest and results moved into the test's folders."""
-    cfg = yaml.safe_load((ROOT / "workflow/config/paper.yaml").read_text())
-    cfg["data"]["root"] = str(vtab)
-    cfg["data"]["manifest"] = str(vtab / "SHA256SUMS")
-    cfg["results"] = str(out / "results-paper")
-    path = out / "paper.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
 
 
 # ------------------------------------------------------------------------------------------------

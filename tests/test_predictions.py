@@ -10,9 +10,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from _helpers import finetune_cli as _finetune
 from petlprune.cli import main
 from petlprune.train import evaluate, save_predictions
-from test_train_stages import _finetune, backbone, task  # noqa: F401  (module fixtures)
 
 
 def test_evaluate_returns_predictions_in_loader_order():

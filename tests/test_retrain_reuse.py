@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
+from _helpers import prune_cli as _prune
 from petlprune.methods import Plan
 from petlprune.models.build import load_task_model
 from petlprune.stages._retrain_reuse import fingerprint
-from test_stages_prune import _prune, run_dir  # noqa: F401 - run_dir is the fixture
 
 CONTEXT = {"train": {"lr": 0.01}, "seed": 0, "threads": 1, "device": "cpu"}
 

@@ -14,61 +14,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
+from _helpers import SGLP_DEPTH as DEPTH
+from _helpers import cls_features, make_context, reference_finetuned, tiny_data, two_batches
+from _helpers import sglp_tiny_vit as tiny_vit
 from petlprune.analysis.cka import cka_matrix
-from petlprune.methods import Budget, Scores, ScoringContext, get
+from petlprune.methods import Budget, Scores, get
 from petlprune.methods.sglp import GradNormScorer, gradnorm, keep_counts, select_subset, token_cka
-from petlprune.models.petl import inject_petl, mark_trainable
-
-DEPTH = 6
-
-
-def tiny_vit(seed: int = 0) -> nn.Module:
-    """A 6-block PETL (adapter) ViT on 16×16 images, task weights randomised so every gradient is non-zero."""
-    import timm  # after petlprune (its compat step), which the imports above have run
-
-    torch.manual_seed(seed)
-    model = timm.create_model(
-        "vit_tiny_patch16_224", pretrained=False, img_size=16, patch_size=8, embed_dim=16,
-        depth=DEPTH, num_heads=2, num_classes=3,
-    )
-    inject_petl(model, "adapter", bottleneck=4)
-    mark_trainable(model)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.normal_(0, 0.2)
-    return model.eval()
-
-
-def tiny_data(n: int = 30, seed: int = 1) -> TensorDataset:
-    g = torch.Generator().manual_seed(seed)
-    return TensorDataset(torch.randn(n, 3, 16, 16, generator=g), torch.randint(0, 3, (n,), generator=g))
-
-
-def two_batches(seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    ds = tiny_data(16, seed)
-    return [(ds.tensors[0][:8], ds.tensors[1][:8]), (ds.tensors[0][8:], ds.tensors[1][8:])]
-
-
-def reference_finetuned(model: nn.Module, kept: list[int], batches, seed: int = 0) -> tuple[float, float]:
-    """Independent finetuned-context G and loss: a hand-built sub-network with the trained head, train
-    mode, every weight unfrozen, ``.backward()`` per batch after ``zero_grad``, the norm of the ``.grad``
-    fields per batch, averaged."""
-    net = copy.deepcopy(model)
-    net.blocks = nn.Sequential(*[net.blocks[i] for i in kept])
-    net.requires_grad_(True).train()
-    norms, losses = [], []
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for x, y in batches:
-            net.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(net(x), y)
-            loss.backward()
-            norms.append(math.sqrt(sum(float(p.grad.double().square().sum()) for p in net.parameters() if p.grad is not None)))
-            losses.append(float(loss.detach()))
-    return float(np.mean(norms)), float(np.mean(losses))
 
 
 # --------------------------------------------------------------------------------- keep rules
@@ -199,10 +152,6 @@ def test_select_subset_greedy_above_cap() -> None:
 
 
 # ----------------------------------------------------------------------------- the method
-def cls_features(model: nn.Module, images: torch.Tensor) -> np.ndarray:
-    with torch.no_grad():
-        outs = model.forward_intermediates(images, output_fmt="NLC", intermediates_only=True, return_prefix_tokens=True)
-    return np.stack([prefix[:, 0].numpy() for _, prefix in outs])  # (L, n, d)
 
 
 def test_token_cka_streams_like_cka_matrix() -> None:
@@ -217,13 +166,6 @@ def test_token_cka_streams_like_cka_matrix() -> None:
     np.testing.assert_allclose(streamed.numpy(), cka_matrix(tokens, batch_size=8).numpy(), rtol=1e-9)
     capped = token_cka(model, loader, tokens="all", batch_size=5, max_samples=10)
     np.testing.assert_allclose(capped.numpy(), cka_matrix([t[:10] for t in tokens], batch_size=5).numpy(), rtol=1e-9)
-
-
-def make_context(**options) -> ScoringContext:
-    model, ds = tiny_vit(), tiny_data(24)
-    loader = DataLoader(ds, batch_size=8, shuffle=False)
-    feats = {"cls": cls_features(model, ds.tensors[0]), "labels": ds.tensors[1].numpy()}
-    return ScoringContext(model=model, features=feats, labels=feats["labels"], loader=loader, seed=0, options=options)
 
 
 def test_score_plan_apply(tmp_path) -> None:

@@ -18,10 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from _helpers import SGLP_DEPTH as DEPTH
+from _helpers import make_context, reference_finetuned, two_batches
+from _helpers import sglp_tiny_vit as tiny_vit
 from petlprune.methods import Budget, get
 from petlprune.methods.sglp import SGLP, GradNormScorer, gradnorm, keep_counts
 from petlprune.methods.sglp_gradnorm import random_init
-from test_sglp import DEPTH, make_context, reference_finetuned, tiny_vit, two_batches
 
 
 def official_reference(model: nn.Module, keep: list[int], batches, seed: int) -> float:

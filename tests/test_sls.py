@@ -13,7 +13,7 @@ from petlprune.methods.sls import select_depth, walk_depth
 
 
 def _reference_depth(scores, alpha):
-    """SLS.md's equivalent form: the smallest L (1-based) with SC_j >= alpha * SC_N for all j in [L, N]."""
+    """The equivalent form of book/methods/specs/sls.md: the smallest L (1-based) with SC_j >= alpha * SC_N for all j in [L, N]."""
     n = len(scores)
     if scores[-1] <= 0:
         return n

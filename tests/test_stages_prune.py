@@ -7,29 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from conftest import write_colour_task
+from _helpers import COMMON, TRAIN
+from _helpers import prune_cli as _prune
 from petlprune.cli import main
 from petlprune.methods import Plan, Scores
 from petlprune.models.build import load_task_model
-
-ARCH = "vit_tiny_patch16_224"
-TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 4, "num_heads": 2}
-TRAIN = {"epochs": 2, "lr": 0.003, "weight_decay": 0.0001, "warmup_epochs": 1, "batch_size": 16}
-COMMON = ["--threads", "1", "--device", "cpu"]
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A tiny VTAB-layout task, a random tiny backbone and a fine-tuned adapter model."""
-    root = tmp_path_factory.mktemp("study")
-    task = write_colour_task(root / "data" / "colours")
-    backbone = root / "backbone" / "tiny.pt"
-    main(["pretrain", "--out", str(backbone), "--timm-model", ARCH, "--timm-kwargs", json.dumps(TINY),
-          "--weights", "random", "--seed", "0", "--threads", "1"])
-    run = root / "runs" / "colours" / "adapter" / "seed0"
-    main(["finetune", "--data", str(task), "--backbone", str(backbone), "--petl", "adapter",
-          "--train", json.dumps(TRAIN), "--seed", "0", "--out", str(run / "finetune"), *COMMON])
-    return {"task": task, "backbone": backbone, "run": run, "model": run / "finetune" / "model.pt"}
 
 
 def _score(r, method, options="{}", features=None):
@@ -45,12 +27,6 @@ def _plan(r, method, budget, *extra):
     main(["plan", "--method", method, "--scores", str(r["run"] / "score" / f"{method}.json"),
           "--budget", budget, "--out", str(out), *extra])
     return out
-
-
-def _prune(r, plan, out, *extra):
-    main(["prune", "--model", str(r["model"]), "--backbone", str(r["backbone"]), "--plan", str(plan),
-          "--data", str(r["task"]), "--train", json.dumps(TRAIN), "--seed", "0", "--out", str(out), *COMMON, *extra])
-    return json.loads((out / "metrics.json").read_text())
 
 
 @pytest.fixture(scope="module")

@@ -4,50 +4,14 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
+from _helpers import ARCH, TRAIN
+from _helpers import STAGE_TINY as TINY
+from _helpers import finetune_cli as _finetune
 from petlprune.cli import main
-from petlprune.data.writer import write_split_folder
 from petlprune.models.backbone import read_backbone
 from petlprune.models.build import load_task_model
-
-ARCH = "vit_tiny_patch16_224"
-TINY = {"img_size": 16, "patch_size": 4, "embed_dim": 24, "depth": 3, "num_heads": 2}
-TRAIN = {"epochs": 2, "lr": 0.003, "weight_decay": 0.0001, "warmup_epochs": 1, "batch_size": 16}
-
-
-def _images(n, classes, seed):
-    """Class-coloured noise: learnable, cheap."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % classes
-    colours = rng.integers(0, 256, size=(classes, 3))
-    images = np.clip(colours[labels][:, None, None, :] + rng.normal(0, 40, (n, 16, 16, 3)), 0, 255)
-    return images.astype(np.uint8), labels
-
-
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    images, labels = _images(60, 3, seed=0)
-    out = tmp_path_factory.mktemp("data") / "colours"
-    write_split_folder(out, images, labels,
-                       {"train800": np.arange(0, 32), "val200": np.arange(32, 40),
-                        "train800val200": np.arange(0, 40), "test": np.arange(40, 60)},
-                       ["r", "g", "b"], {"seed": 0, "kind": "embedded", "description": "test colours"})
-    return out
-
-
-@pytest.fixture(scope="module")
-def backbone(tmp_path_factory):
-    images, labels = _images(48, 4, seed=1)
-    root = tmp_path_factory.mktemp("source")
-    write_split_folder(root / "fractal", images, labels, {"train": np.arange(0, 40), "test": np.arange(40, 48)},
-                       ["a", "b", "c", "d"], {"seed": 1, "kind": "source", "description": "test source"})
-    out = root / "backbone" / "tiny.pt"
-    main(["pretrain", "--out", str(out), "--timm-model", ARCH, "--timm-kwargs", json.dumps(TINY),
-          "--weights", "pretrain", "--data", str(root / "fractal"), "--train", json.dumps(TRAIN),
-          "--seed", "0", "--threads", "1", "--device", "cpu"])
-    return out
 
 
 def test_pretrain_writes_backbone_and_metrics(backbone):
@@ -65,12 +29,6 @@ def test_pretrain_random_control(tmp_path):
           "--weights", "random", "--seed", "3", "--threads", "1"])
     assert read_backbone(out)["mean"] == [0.5, 0.5, 0.5]
     assert json.loads(out.with_suffix(".json").read_text())["top1"] is None
-
-
-def _finetune(task, backbone, out, *extra, petl="adapter", options="{}"):
-    return main(["finetune", "--data", str(task), "--backbone", str(backbone), "--petl", petl,
-                 "--petl-options", options, "--train", json.dumps(TRAIN), "--seed", "1", "--threads", "1",
-                 "--out", str(out), "--device", "cpu", *extra])
 
 
 def _strip_timings(metrics):

@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from petlprune.delegate import delegate
+
 __all__ = ["STAGES", "main"]
 
 # stage name -> one-line help. Adding a stage: a module in petlprune/stages/ and a line here.
@@ -66,9 +68,7 @@ def limit_native_threads(threads: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # the console command: a local run's warm worker runs it, if there is one
-        from petlprune import worker
-
-        code = worker.delegate(sys.argv[1:])
+        code = delegate(sys.argv[1:])
         if code is not None:
             return code
     argv = list(sys.argv[1:] if argv is None else argv)

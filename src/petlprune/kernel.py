@@ -19,6 +19,8 @@ import json
 import sys
 from pathlib import Path
 
+from petlprune.delegate import delegate
+
 __all__ = ["KERNEL_NAME", "KERNEL_ENV", "PRELOAD", "write_kernelspec", "launch", "main"]
 
 KERNEL_NAME = "petlprune-warm"
@@ -54,10 +56,8 @@ def launch(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Be a kernel: forked from the worker if it can be reached, else in this process."""
-    from petlprune import worker
-
     argv = list(sys.argv[1:] if argv is None else argv)
-    code = worker.delegate(argv, entry="kernel")
+    code = delegate(argv, entry="kernel")
     if code is not None:
         return code
     launch(argv)

@@ -8,9 +8,15 @@ as the DAG would. Plain dicts in, plain dicts out: no torch.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-__all__ = ["INSTANCE_KEYS", "recipe", "instance_options", "instance_petls", "reference_instances"]
+from petlprune.core.backbone import backbone_depth, check_backbone_shape
+from petlprune.core.budgets import Budget, check_budget_bounds
+from petlprune.core.options import OptionError
+from petlprune.core.petl import check_petl_options
+
+__all__ = ["INSTANCE_KEYS", "recipe", "instance_options", "instance_petls", "reference_instances", "check_inputs"]
 
 # Keys of a method instance that the workflow reads (random draws, the registered method, the PETL it
 # prunes); every other key is an option of the method.
@@ -45,3 +51,33 @@ def reference_instances(config: Mapping[str, Any], petl: str) -> set[str]:
     if f"d{depth}" in budgets.get("last_k", []) and petl in instance_petls(config, "last_k"):
         names.add("last_k")
     return names
+
+
+def check_inputs(config: Mapping[str, Any], workdir: str | Path = ".") -> None:
+    """What the schema cannot say about a tier, checked before any job runs; ``ValueError`` naming the
+    config key: the backbone's shapes divide, every budget fits the backbone's depth, every PETL option
+    is declared and in range (core/petl.py), and the checkpoint a config names exists (relative paths
+    from ``workdir``, Snakemake's working directory)."""
+    backbone = config["backbone"]
+    try:
+        check_backbone_shape(backbone.get("timm_kwargs"))
+    except ValueError as err:
+        raise ValueError(f"config key backbone.{err}") from None
+    depth = backbone_depth(backbone.get("timm_kwargs"))
+    for instance, texts in config.get("budgets", {}).items():
+        for text in texts:
+            try:
+                check_budget_bounds(Budget.parse(text), depth)
+            except ValueError as err:
+                raise ValueError(f"config key budgets.{instance}: {err}") from None
+    for petl, raw in (config["petl"].get("options") or {}).items():
+        try:
+            check_petl_options(petl, raw or {})
+        except OptionError as err:
+            raise ValueError(f"config key petl.options.{petl}.{err.option}: {err}") from None
+    checkpoint = backbone.get("checkpoint")
+    if backbone.get("weights") == "file" and not checkpoint:
+        raise ValueError("config key backbone.checkpoint: weights 'file' needs a checkpoint path")
+    if checkpoint and not (Path(workdir) / checkpoint).is_file():
+        raise ValueError(f"config key backbone.checkpoint: {checkpoint!r} is not a file "
+                         f"(relative paths are from the working directory, {Path(workdir).resolve()})")

@@ -3,7 +3,8 @@
 Every torch job of the study starts a Python that imports torch, timm, sklearn and our stages before
 doing a second of work: about 3.3 s on this machine, in each of about 180 jobs of the default tier.
 When Snakemake executes locally, the workflow's ``onstart`` starts :func:`serve` once. Each
-``petlprune <stage>`` the rules call is then a thin client (:func:`delegate`): it hands its
+``petlprune <stage>`` the rules call is then a thin client (:func:`petlprune.delegate.delegate`, a
+module of its own so that the CLI never imports this server): it hands its
 arguments, working directory, environment and its stdin/stdout/stderr (the job's log) to the worker
 over a Unix socket; the worker forks, and the child runs :func:`petlprune.cli.main` exactly as the
 process would have, with the job's thread limits. The client exits with the child's exit status.
@@ -33,10 +34,10 @@ import threading
 from pathlib import Path
 
 from petlprune import kernel
+from petlprune.delegate import SOCKET_ENV, delegate, recv_exact
 
 __all__ = ["SOCKET_ENV", "RESOURCE_PREFIX", "PRELOAD", "delegate", "serve", "start", "stop", "job_resources"]
 
-SOCKET_ENV = "PETLPRUNE_WORKER"
 RESOURCE_PREFIX = "petlprune worker: job resources "
 # What the stages import at run time (each stage module imports its heavy modules lazily). torch.optim
 # pulls in torch._dynamo at AdamW's construction; importing it here moves that cost too.
@@ -52,53 +53,6 @@ PRELOAD = (
     "papermill.cli", "petlprune.stages.notebook",
 )
 _MAX_REQUEST = 1 << 22
-
-
-# ---------------------------------------------------------------------------------------- client
-def delegate(argv: list[str], entry: str = "cli") -> int | None:
-    """Run ``petlprune argv`` in the worker, if one is reachable; its exit status, else ``None``.
-
-    ``entry="kernel"``: the child becomes a notebook kernel instead (:mod:`petlprune.kernel`, whose
-    ipykernel ``argv`` this is).
-
-    ``None`` (the caller runs the stage itself) when no worker is named, inside a Slurm job (the
-    worker, if any, lives on the submitting host), or when the socket cannot be reached.
-    """
-    path = os.environ.get(SOCKET_ENV)
-    if not path or os.environ.get("SLURM_JOB_ID"):
-        return None
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        conn.connect(path)
-    except OSError:
-        conn.close()
-        return None
-    request = json.dumps({"argv": argv, "entry": entry, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
-    with conn:
-        socket.send_fds(conn, [struct.pack("!I", len(request)) + request], [0, 1, 2])
-        pid = _recv_exact(conn, 4)  # the child's pid, then its exit status
-        if pid is not None and entry == "kernel":
-            # Jupyter interrupts a kernel (and does so before shutting it down) with SIGINT to its
-            # process, which is this one: pass it on to the kernel.
-            child = struct.unpack("!i", pid)[0]
-            signal.signal(signal.SIGINT, lambda signum, frame: os.kill(child, signal.SIGINT))
-        reply = None if pid is None else _recv_exact(conn, 4)
-    if reply is None:  # the child died without answering: a signal (the OOM killer, a segfault)
-        print(f"petlprune: the worker's process for `{entry} {' '.join(argv)}` died without an exit "
-              f"status (killed by a signal?); rerun with --config worker=false to run it directly",
-              file=sys.stderr)
-        return 1
-    return struct.unpack("!i", reply)[0]
-
-
-def _recv_exact(conn: socket.socket, n: int) -> bytes | None:
-    data = b""
-    while len(data) < n:
-        chunk = conn.recv(n - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return data
 
 
 # ---------------------------------------------------------------------------------------- server
@@ -143,7 +97,7 @@ def _child(conn: socket.socket) -> None:
         (size,) = struct.unpack("!I", header)
         if not 0 < size <= _MAX_REQUEST:
             raise ValueError(f"bad request size {size}")
-        body = _recv_exact(conn, size)
+        body = recv_exact(conn, size)
         if body is None:
             raise ConnectionError("client closed the connection")
         request = json.loads(body)

@@ -14,7 +14,7 @@ THREADS = config.get("threads", 1)
 RUN = R + "/runs/{task}/{petl}/seed{seed}"
 BACKBONE = f"{R}/backbone/{config['backbone']['name']}.pt"
 METHOD_RE = r"[a-z][a-z0-9_]*(\.[0-9]+)?"
-BUDGET_RE = r"matched|d[0-9]+|[arpk][0-9]+(\.[0-9]+)?"
+from petlprune.core.budgets import BUDGET_PATTERN as BUDGET_RE  # the budget grammar (core/budgets.py)
 
 wildcard_constraints:
     task="|".join(TASKS),
@@ -66,6 +66,7 @@ def check_config():
                 f"config key petl.recipes.{petl}: {petl!r} is never fine-tuned in this config "
                 f"(fine-tuned: {', '.join(ALL_PETLS)})"
             )
+    tier.check_inputs(config)  # backbone shapes, budgets vs depth, PETL options, checkpoint (tier.py)
     # Each instance's options and budgets, through the method's own declarations (methods/base.py).
     for instance, opts in config["methods"].items():
         check_method_config(instance, registered_method(instance), method_options(method_keys(instance)[0]),

@@ -5,6 +5,7 @@ only that module, so a job that plans with SLS does not import torch for SGLP. A
 file, decorated with ``@register("name")``, and one line here.
 """
 
+from petlprune.methods import base as _base
 from petlprune.methods.base import Budget, Method, Plan, Scores, ScoringContext, available, get, register
 
 METHOD_MODULES: dict[str, str] = {
@@ -22,5 +23,6 @@ METHOD_MODULES: dict[str, str] = {
     "pear": "petlprune.methods.pear",
     "adapter_drop": "petlprune.methods.pear",
 }
+_base.use_method_modules(METHOD_MODULES)  # base finds methods through it, never importing this package
 
 __all__ = ["METHOD_MODULES", "Budget", "Method", "Plan", "Scores", "ScoringContext", "available", "get", "register"]

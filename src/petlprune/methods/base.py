@@ -1,4 +1,5 @@
-"""The method framework: Budget, Scores, Plan, the Method protocol and the registry.
+"""The method framework: the Method protocol, its base classes and the registry (Budget, Scores, Plan and
+Option are defined torch-free in petlprune.core and re-exported here).
 
 A method is three steps, kept apart as in Torch-Pruning (importance criteria separate from the pruner):
 ``score`` measures (blocks, adapters or channels), ``plan`` turns scores and a budget into a Plan
@@ -7,14 +8,16 @@ A method is three steps, kept apart as in Torch-Pruning (importance criteria sep
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
 
-from petlprune.io import atomic_path, atomic_write_json, read_json
+# The torch-free contracts (budget grammar, file formats, declared options) live in petlprune.core;
+# they are re-exported here, where methods have always imported them from.
+from petlprune.core.budgets import KIND_LETTERS as _KIND_LETTERS
+from petlprune.core.budgets import Budget
+from petlprune.core.formats import Plan, Scores
+from petlprune.core.options import DeclaredOptions, Option, OptionError, check_declared
 
 __all__ = [
     "Budget",
@@ -33,147 +36,6 @@ __all__ = [
     "check_declared",
     "check_method_config",
 ]
-
-_BUDGET_RE = re.compile(r"^(?:(?P<matched>matched)|(?P<kind>[a-z])(?P<value>\d+(?:\.\d+)?))$")
-_BUDGET_KINDS = {"d": "depth", "a": "alpha", "r": "ratio", "p": "density", "k": "segments"}
-
-
-@dataclass(frozen=True)
-class Budget:
-    """A pruning budget, written as in the results tree.
-
-    ``matched`` (the depth SLS chose for the same task and seed; resolved by the caller into a
-    depth budget), ``d6`` (keep 6 blocks), ``a0.3`` (SLS alpha), ``r0.5`` (Pear: fraction of adapter
-    parameters removed), ``p0.3`` (SPA: channel density kept).
-    """
-
-    kind: str
-    value: float | int | None
-    text: str
-
-    @classmethod
-    def parse(cls, text: str) -> Budget:
-        m = _BUDGET_RE.match(text)
-        if not m:
-            raise ValueError(
-                f"budget {text!r}: expected 'matched' or a letter + number "
-                f"({', '.join(f'{k}=<{v}>' for k, v in _BUDGET_KINDS.items())}), e.g. d6, a0.3"
-            )
-        if m["matched"]:
-            return cls("matched", None, text)
-        kind = _BUDGET_KINDS[m["kind"]] if m["kind"] in _BUDGET_KINDS else None
-        if kind is None:
-            raise ValueError(f"budget {text!r}: unknown kind letter {m['kind']!r}")
-        value: float | int = int(m["value"]) if kind == "depth" else float(m["value"])
-        return cls(kind, value, text)
-
-    @classmethod
-    def depth(cls, n: int, text: str | None = None) -> Budget:
-        return cls("depth", int(n), text or f"d{int(n)}")
-
-
-@dataclass
-class Scores:
-    """What ``score`` measured: one value per unit (block, adapter position, channel group).
-
-    Serialised as ``{"method", "scores", "extra", "seconds"}`` (CONTRIBUTING.md). A value may be
-    None for a unit that was not measured (e.g. SLS's early stop). ``arrays`` (named numpy arrays a
-    report needs: embeddings, matrices) go to a sidecar ``.npz`` next to the JSON, named in its
-    ``"arrays"`` key, and come back with :meth:`load`.
-    """
-
-    method: str
-    values: list[float | None]
-    extra: dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
-    arrays: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    def save(self, path: str | Path) -> None:
-        path = Path(path)
-        data: dict[str, Any] = {"method": self.method, "scores": list(self.values), "extra": self.extra,
-                                "seconds": self.seconds}
-        if self.arrays:
-            import numpy as np
-
-            sidecar = path.with_suffix(".npz")
-            with atomic_path(sidecar) as tmp, open(tmp, "wb") as f:
-                np.savez(f, **self.arrays)
-            data["arrays"] = sidecar.name
-        atomic_write_json(path, data)
-
-    @classmethod
-    def load(cls, path: str | Path) -> Scores:
-        path = Path(path)
-        data = read_json(path)
-        missing = {"method", "scores"} - set(data)
-        if missing:
-            raise ValueError(f"{path}: not a scores file, missing key(s) {sorted(missing)}")
-        arrays: dict[str, Any] = {}
-        if data.get("arrays"):
-            import numpy as np
-
-            sidecar = path.parent / data["arrays"]
-            if not sidecar.is_file():
-                raise FileNotFoundError(f"{path}: its arrays file {sidecar} is missing")
-            with np.load(sidecar, allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
-        return cls(data["method"], data["scores"], data.get("extra", {}), data.get("seconds", 0.0), arrays)
-
-
-@dataclass
-class Plan:
-    """The pruning decision and nothing else (serialised as JSON in ``plan/{method}-{budget}.json``).
-
-    Args:
-        method: registered method name.
-        budget: the budget text as requested (``matched`` stays ``matched``).
-        depth: number of blocks in the pruned model's forward path.
-        kept_blocks: 0-based indices of the kept blocks, ascending.
-        sharing: for adapter sharing, {pruned position: serving position}.
-        masks: channel masks, or a path to them.
-        scores: the scores the decision came from.
-        decision_seconds: time spent deciding (scoring + planning).
-        notes: anything a reader of the result must know (e.g. an edge case taken).
-    """
-
-    method: str
-    budget: str
-    depth: int
-    kept_blocks: list[int]
-    sharing: dict[str, int] | None = None
-    masks: Any = None
-    scores: list[float] | None = None
-    decision_seconds: float = 0.0
-    notes: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.kept_blocks = [int(i) for i in self.kept_blocks]
-        if self.kept_blocks != sorted(set(self.kept_blocks)):
-            raise ValueError(f"plan {self.method}: kept_blocks must be ascending and unique: {self.kept_blocks}")
-
-    @property
-    def is_prefix(self) -> bool:
-        """True when the kept blocks are 0..depth-1: the Plan is then a single integer."""
-        return self.kept_blocks == list(range(len(self.kept_blocks)))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def save(self, path: str | Path) -> None:
-        atomic_write_json(path, self.to_dict())
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Plan:
-        return cls(**data)
-
-    @classmethod
-    def load(cls, path: str | Path) -> Plan:
-        return cls.from_dict(read_json(path))
-
-    def __str__(self) -> str:
-        return json.dumps(self.to_dict())
-
 
 @dataclass
 class ScoringContext:
@@ -254,114 +116,6 @@ class LayerPruningMethod:
         return keep_blocks(model, plan.kept_blocks)
 
 
-# ------------------------------------------------------------------------------------ options
-# What a method accepts, declared as data (no torch), so that the workflow checks a config before
-# any job runs (``check_method_config``) and ``score`` checks the same way when called directly.
-
-_TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {
-    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-    "bool": lambda v: isinstance(v, bool),
-    "str": lambda v: isinstance(v, str),
-    "numbers": lambda v: isinstance(v, (list, tuple)) and len(v) > 0
-    and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v),
-    "mapping": lambda v: isinstance(v, Mapping),
-}
-
-
-class OptionError(ValueError):
-    """A bad method option; ``option`` names it (the workflow reports ``methods.<instance>.<option>``)."""
-
-    def __init__(self, message: str, option: str | None = None) -> None:
-        super().__init__(message)
-        self.option = option
-
-
-@dataclass(frozen=True)
-class Option:
-    """One declared method option.
-
-    Args:
-        name: the key in the method's config section.
-        type: ``int``, ``number``, ``bool``, ``str``, ``numbers`` (a non-empty list of numbers) or
-            ``mapping``; ``null`` is accepted only with ``nullable``.
-        default: the value when the key is absent.
-        choices: the allowed values, if a closed set.
-        minimum, maximum: inclusive bounds of a number (or of every item of ``numbers``).
-        nullable: ``null`` is a valid value.
-        doc: one line for the method's documentation.
-    """
-
-    name: str
-    type: str
-    default: Any = None
-    choices: tuple[Any, ...] | None = None
-    minimum: float | None = None
-    maximum: float | None = None
-    nullable: bool = False
-    doc: str = ""
-
-    def __post_init__(self) -> None:
-        if self.type not in _TYPE_CHECKS:
-            raise ValueError(f"option {self.name!r}: unknown type {self.type!r} (known: {', '.join(_TYPE_CHECKS)})")
-
-    def check(self, method: str, value: Any) -> None:
-        """Raise :class:`OptionError` naming the method and option when ``value`` is not allowed."""
-        if value is None and self.nullable:
-            return
-        where = f"method {method!r}: option {self.name!r}"
-        if not _TYPE_CHECKS[self.type](value):
-            wanted = self.type + (" or null" if self.nullable else "")
-            raise OptionError(f"{where} must be of type {wanted}, got {value!r}", self.name)
-        if self.choices is not None and value not in self.choices:
-            raise OptionError(f"{where} must be one of {list(self.choices)}, got {value!r}", self.name)
-        low, high = self.minimum, self.maximum
-        for x in (value if self.type == "numbers" else [value]):
-            if low is not None and x < low or high is not None and x > high:
-                bound = (f"in [{low:g}, {high:g}]" if low is not None and high is not None
-                         else f">= {low:g}" if low is not None else f"<= {high:g}")
-                raise OptionError(f"{where} must be {bound}, got {value!r}", self.name)
-
-
-def check_declared(method: str, specs: Sequence[Option], raw: Mapping[str, Any],
-                   fixed: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """``raw`` over the declared defaults, every value checked; an unknown (or pinned) key is an error.
-
-    Args:
-        method: the method name, for messages.
-        specs: its declared options.
-        raw: the options given (a config section or ``ScoringContext.options``).
-        fixed: options the method pins (a registered variant); giving one is an error.
-    """
-    fixed = dict(fixed or {})
-    declared = {o.name: o for o in specs}
-    allowed = sorted(set(declared) - set(fixed))
-    for key in raw:
-        if key not in allowed:
-            why = f"{key!r} is pinned by {method!r}; " if key in fixed else ""
-            raise OptionError(f"method {method!r}: unknown option {key!r} ({why}allowed: {', '.join(allowed) or 'none'})",
-                              key)
-    opts = {**{o.name: o.default for o in specs}, **raw, **fixed}
-    for key in raw:
-        declared[key].check(method, opts[key])
-    return opts
-
-
-class DeclaredOptions:
-    """Mixin: ``check_options`` from the class's ``option_specs`` (and ``fixed_options``).
-
-    A method with cross-field rules overrides ``check_options``, calling ``check_declared`` first.
-    """
-
-    name: ClassVar[str] = ""
-    option_specs: ClassVar[tuple[Option, ...]] = ()
-    fixed_options: ClassVar[dict[str, Any]] = {}
-
-    def check_options(self, raw: Mapping[str, Any]) -> dict[str, Any]:
-        """The options ``score`` runs with: ``raw`` over the defaults, checked."""
-        return check_declared(self.name, self.option_specs, raw, self.fixed_options)
-
-
 def check_method_config(instance: str, method: str, options: Mapping[str, Any],
                         budgets: Sequence[str]) -> dict[str, Any]:
     """Check one method instance of a study config before any job runs; return its checked options.
@@ -408,10 +162,17 @@ def check_method_config(instance: str, method: str, options: Mapping[str, Any],
     return opts
 
 
-_KIND_LETTERS = {v: k for k, v in _BUDGET_KINDS.items()}
-
 
 _REGISTRY: dict[str, Method] = {}
+# name -> module that registers it: petlprune.methods (its __init__) hands its METHOD_MODULES over with
+# use_method_modules, so this module never imports its own package (no import cycle).
+_MODULES: dict[str, str] = {}
+
+
+def use_method_modules(modules: dict[str, str]) -> None:
+    """Where ``get`` finds each method that is not registered yet (``petlprune.methods.METHOD_MODULES``)."""
+    global _MODULES
+    _MODULES = modules
 
 
 def register(name: str) -> Callable[[type], type]:
@@ -432,10 +193,8 @@ def get(name: str) -> Method:
     lists the known ones."""
     import importlib
 
-    from petlprune.methods import METHOD_MODULES
-
-    if name not in _REGISTRY and name in METHOD_MODULES:
-        importlib.import_module(METHOD_MODULES[name])
+    if name not in _REGISTRY and name in _MODULES:
+        importlib.import_module(_MODULES[name])
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -444,6 +203,4 @@ def get(name: str) -> Method:
 
 def available() -> list[str]:
     """Every method name, registered or importable."""
-    from petlprune.methods import METHOD_MODULES
-
-    return sorted(set(METHOD_MODULES) | set(_REGISTRY))
+    return sorted(set(_MODULES) | set(_REGISTRY))

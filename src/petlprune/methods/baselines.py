@@ -3,7 +3,7 @@
 Each one scores the blocks (higher = more important = kept) and, except ``angular``, keeps the
 ``depth`` highest-scoring blocks (``LayerPruningMethod.plan``). Budgets are depths (``d{n}``; the
 stage resolves ``matched`` to the depth SLS chose). The criteria themselves live in
-``petlprune.analysis.importance`` so that Pear and SGLP share them. Specs: ``methods/BASELINES.md``.
+``petlprune.analysis.importance`` so that Pear and SGLP share them. Specs: ``book/methods/specs/baselines.md``.
 """
 
 from __future__ import annotations

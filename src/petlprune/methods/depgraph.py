@@ -23,7 +23,7 @@ width pruning at the same parameter count. Here:
   are multiplied by sqrt(kept / head_dim), so each head still computes q·k / sqrt(original head_dim)
   over its kept dims (a pure slice would silently sharpen every softmax).
 
-Spec: ``methods/BASELINES.md`` (depgraph). Storage: the pruned backbone is a deterministic function of
+Spec: ``book/methods/specs/baselines.md`` (depgraph). Storage: the pruned backbone is a deterministic function of
 the shared frozen backbone and the Plan, so a task stores its adapters + head + which channels each
 layer keeps, costed as one bit per prunable channel (``Plan.masks``, as SPA's); ``efficiency.json``
 also gives ``params_stored_as_model``, the pruned model stored whole (``reshapes_backbone``).

@@ -1,7 +1,7 @@
 """Pear (Zhong & Zhou, 2024, arXiv 2409.19733): prune the unimportant adapters, share kept ones into
-their positions; and ``adapter_drop``, the same pruning without sharing (``methods/BASELINES.md``).
+their positions; and ``adapter_drop``, the same pruning without sharing (``book/methods/specs/baselines.md``).
 
-Spec: ``methods/PEAR.md``. The paper's method section and code were not available: every open choice
+Spec: ``book/methods/specs/pear.md``. The paper's method section and code were not available: every open choice
 is an option here, compared in ``full.yaml``'s ablation, and the book page says what is reconstructed.
 
 1. ``score``: first-order Taylor importance ``I_p = |Σ_{θ ∈ a_p} θ·∂L/∂θ|`` of the adapter at each
@@ -296,7 +296,7 @@ class Pear:
 
 @register("adapter_drop")
 class AdapterDrop(Pear):
-    """Pear's pruning without sharing and without knowledge checkpoint (``methods/BASELINES.md``)."""
+    """Pear's pruning without sharing and without knowledge checkpoint (``book/methods/specs/baselines.md``)."""
 
     fixed: ClassVar[dict[str, Any]] = {"share": "none", "kc": "none"}
 

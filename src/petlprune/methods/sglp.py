@@ -67,13 +67,11 @@ import numpy as np
 
 from petlprune.analysis.segment import choose_k, fisher_segments, segmentation_losses
 from petlprune.methods.base import Budget, LayerPruningMethod, Plan, Scores, ScoringContext, register
+from petlprune.methods.sglp_vocab import CONTEXTS, PICKS, TOKENS  # re-exported; sglp_vocab says why
 
 # The option vocabulary lives here, torch-free: the workflow checks every config's options through the
 # registry when the Snakefile is parsed (every cluster job parses it too), and importing torch there
 # cost about 2 s. The torch modules (sglp_gradnorm, sglp_tokens, analysis.cka) load on first use.
-TOKENS = ("cls", "all")
-CONTEXTS = ("official", "finetuned")
-PICKS = ("largest_g", "smallest_g", "lowest_loss")
 _LAZY = {
     "GradNormScorer": "petlprune.methods.sglp_gradnorm",
     "gradnorm": "petlprune.methods.sglp_gradnorm",

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from petlprune.methods.sglp import CONTEXTS, PICKS
+from petlprune.methods.sglp_vocab import CONTEXTS, PICKS
 from petlprune.models.surgery import keep_blocks
 
 __all__ = [

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from petlprune.analysis.cka import MinibatchCKA, batch_sizes
-from petlprune.methods.sglp import TOKENS
+from petlprune.methods.sglp_vocab import TOKENS
 
 __all__ = ["TOKENS", "cls_features", "token_cka"]
 

@@ -83,7 +83,7 @@ def _check_alpha(alpha: float) -> float:
 
 
 def walk_depth(score_of: Callable[[int], float], num_blocks: int, alpha: float) -> DepthDecision:
-    """SLS's rule (SLS.md step 4), reading scores lazily from the last block down.
+    """SLS's rule (book/methods/specs/sls.md, algorithm step 4), reading scores lazily from the last block down.
 
     Args:
         score_of: 0-based block index -> score (higher = classes better separated); called at most

@@ -1,6 +1,6 @@
 """Channel-SPA (SPLoRA) and the fine-pruning baseline: channel masks by an iterative criterion schedule.
 
-Spec: ``methods/SPA.md`` (Hedegaard et al., "Structured Pruning Adapters", arXiv 2211.10155). Units are
+Spec: ``book/methods/specs/spa.md`` (Hedegaard et al., "Structured Pruning Adapters", arXiv 2211.10155). Units are
 the dependency groups of ``models.splora``: MLP hidden channels and attention heads (a head counts as
 its ``head_dim`` channels). Density = kept channels / prunable channels (MLP hidden + attention inner).
 

@@ -14,7 +14,7 @@ the schedule are not kept: a Plan is the decision only).
 
 Per-layer uniform density (not a global threshold): layers of one shape share prototypes but their
 weight scales differ, and a global cut would empty whole layers. Movement pruning is not done.
-Spec: ``methods/SPA.md`` (Block-SPA).
+Spec: ``book/methods/specs/spa.md`` (Block-SPA).
 """
 
 from __future__ import annotations

@@ -26,7 +26,6 @@ __all__ = [
     "verify_asset",
     "write_asset",
     "read_asset",
-    "create_bundled",
 ]
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets"
@@ -145,31 +144,3 @@ def read_asset(asset: str | os.PathLike | None = None) -> dict[str, Any]:
     if missing:
         raise AssetError(f"{asset}: metadata lacks key(s) {', '.join(missing)}")
     return {**{k: arch[k] for k in _META_KEYS}, "state_dict": state}
-
-
-def create_bundled(
-    timm_model: str,
-    timm_kwargs: dict[str, Any],
-    *,
-    num_classes: int,
-    path: str | os.PathLike | None = None,
-) -> Any:
-    """A backbone with the bundled weights (checksum verified) and a fresh head.
-
-    Args:
-        timm_model, timm_kwargs: the architecture asked for; must equal the asset's.
-        num_classes: outputs of the new head.
-        path: another asset file (default: the shipped one).
-    """
-    from petlprune.models.backbone import _load_weights, _new_head, create_backbone
-
-    asset = bundled_path(path)
-    obj = read_asset(asset)
-    for key, want in (("timm_model", timm_model), ("timm_kwargs", dict(timm_kwargs))):
-        if obj[key] != want:
-            raise AssetError(f"{asset}: {key} is {obj[key]!r}, but {want!r} was asked for")
-    model = create_backbone(timm_model, timm_kwargs, num_classes=num_classes, weights="random")
-    model.pretrained_cfg = {**model.pretrained_cfg, "mean": tuple(obj["mean"]), "std": tuple(obj["std"])}
-    _load_weights(model, obj["state_dict"], asset)
-    _new_head(model, num_classes)
-    return model

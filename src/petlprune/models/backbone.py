@@ -17,12 +17,14 @@ from timm.layers import trunc_normal_
 from torch import nn
 
 from petlprune.io import atomic_torch_save, load_checkpoint
+from petlprune.models.assets import AssetError, bundled_path, read_asset
 
 __all__ = [
     "WEIGHT_SOURCES",
     "BACKBONE_KEYS",
     "BackboneError",
     "create_backbone",
+    "create_bundled",
     "read_backbone",
     "save_backbone",
     "backbone_state_dict",
@@ -234,6 +236,32 @@ def _require_hub(timm_model: str, timeout: float = 3.0) -> None:
                             f"({type(err).__name__}: {err}). {OFFLINE_HINT}") from None
 
 
+def create_bundled(
+    timm_model: str,
+    timm_kwargs: dict[str, Any],
+    *,
+    num_classes: int,
+    path: str | os.PathLike | None = None,
+) -> Any:
+    """A backbone with the bundled weights (checksum verified) and a fresh head.
+
+    Args:
+        timm_model, timm_kwargs: the architecture asked for; must equal the asset's.
+        num_classes: outputs of the new head.
+        path: another asset file (default: the shipped one).
+    """
+    asset = bundled_path(path)
+    obj = read_asset(asset)
+    for key, want in (("timm_model", timm_model), ("timm_kwargs", dict(timm_kwargs))):
+        if obj[key] != want:
+            raise AssetError(f"{asset}: {key} is {obj[key]!r}, but {want!r} was asked for")
+    model = create_backbone(timm_model, timm_kwargs, num_classes=num_classes, weights="random")
+    model.pretrained_cfg = {**model.pretrained_cfg, "mean": tuple(obj["mean"]), "std": tuple(obj["std"])}
+    _load_weights(model, obj["state_dict"], asset)
+    _new_head(model, num_classes)
+    return model
+
+
 def create_backbone(
     timm_model: str,
     timm_kwargs: dict[str, Any] | None = None,
@@ -266,8 +294,6 @@ def create_backbone(
         raise BackboneError(f"weights={weights!r}: expected one of {', '.join(WEIGHT_SOURCES)}")
 
     if weights == "bundled":  # shipped in petlprune/assets (or `checkpoint`), checksum verified first
-        from petlprune.models.assets import create_bundled
-
         return create_bundled(timm_model, timm_kwargs, num_classes=num_classes, path=checkpoint)
     if weights == "random":
         model = _create(timm_model, timm_kwargs, num_classes)

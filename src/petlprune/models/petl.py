@@ -40,6 +40,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from petlprune.core.petl import PETL_NAMES, check_petl_options, petl_defaults
+from petlprune.models.petl_base import PetlModule
+from petlprune.models.splopa import inject_splopa
+from petlprune.models.splora import inject_splora
+
 __all__ = [
     "PETL_METHODS",
     "PETL_DEFAULTS",
@@ -58,18 +63,10 @@ __all__ = [
     "TaskStateError",
 ]
 
-PETL_METHODS = ("adapter", "convpass", "lora", "linear", "full", "splora", "splopa")
-# Every option each method takes, with its default; anything else is refused by inject_petl.
-PETL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "adapter": {"bottleneck": 8, "scale": 0.1, "dropout": 0.1},
-    "convpass": {"bottleneck": 8, "scale": 1.0, "dropout": 0.1, "xavier_init": False},
-    "lora": {"rank": 8, "alpha": 8.0, "targets": ["qkv"]},
-    "linear": {},
-    "full": {},
-    "splora": {"rank": 4},  # SPA (models/splora.py): C, R and bias on qkv, proj, fc1, fc2
-    # Block-SPA (models/splopa.py): b x b blocks, K rank-1 prototypes shared per layer shape
-    "splopa": {"block": "auto", "prototypes": 4, "targets": ["qkv", "proj", "fc1", "fc2"]},
-}
+# The names and every option each method takes, with its default, are declared torch-free in
+# core/petl.py (the workflow checks a config with them); anything else is refused by inject_petl.
+PETL_METHODS = PETL_NAMES
+PETL_DEFAULTS: dict[str, dict[str, Any]] = petl_defaults()
 _LORA_TARGETS = {"qkv": ("attn", "qkv"), "proj": ("attn", "proj"), "fc1": ("mlp", "fc1"), "fc2": ("mlp", "fc2")}
 
 
@@ -82,13 +79,6 @@ class QuickGELU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.sigmoid(1.702 * x)
-
-
-class PetlModule(nn.Module):
-    """Base of task modules: every parameter is task-specific, and the module starts as a zero map."""
-
-    def init_weights(self) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
 
 
 class Bottleneck(PetlModule):
@@ -244,13 +234,7 @@ class Parallel(nn.Module):
 
 
 def _options(method: str, options: dict[str, Any]) -> dict[str, Any]:
-    if method not in PETL_METHODS:
-        raise ValueError(f"unknown PETL method {method!r}; known: {', '.join(PETL_METHODS)}")
-    unknown = sorted(set(options) - set(PETL_DEFAULTS[method]))
-    if unknown:
-        allowed = ", ".join(PETL_DEFAULTS[method]) or "none"
-        raise ValueError(f"PETL method {method!r}: unknown option(s) {', '.join(unknown)} (allowed: {allowed})")
-    return {**PETL_DEFAULTS[method], **options}
+    return check_petl_options(method, options)  # the defaults, every value checked (core/petl.py)
 
 
 def inject_petl(model: nn.Module, method: str, **options: Any) -> nn.Module:
@@ -291,12 +275,8 @@ def inject_petl(model: nn.Module, method: str, **options: Any) -> nn.Module:
                 lora = LowRank(linear.in_features, linear.out_features, opts["rank"], opts["alpha"])
                 setattr(parent, child_name, Parallel(linear, lora))
     if method == "splora":
-        from petlprune.models.splora import inject_splora  # lazy: splora imports this module
-
         inject_splora(model, opts["rank"])
     if method == "splopa":
-        from petlprune.models.splopa import inject_splopa  # lazy: splopa imports this module
-
         inject_splopa(model, opts["block"], opts["prototypes"], opts["targets"])
     device = next(model.parameters()).device
     model.to(device)

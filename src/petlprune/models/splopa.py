@@ -1,5 +1,5 @@
 """SPLoPA: Block-SPA's prototype adapter with block masks (Hedegaard et al., "Structured Pruning
-Adapters", arXiv 2211.10155; spec ``methods/SPA.md``, section Block-SPA).
+Adapters", arXiv 2211.10155; spec ``book/methods/specs/spa.md``, section Block-SPA).
 
 Every adapted linear layer W (n_out x n_in) is tiled into b x b blocks, a grid of
 (n_out/b) x (n_in/b). The task update is a sum of Kronecker products
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from petlprune.models.petl import PetlModule
+from petlprune.models.petl_base import PetlModule
 
 __all__ = ["Prototypes", "auto_block", "BlockPositions", "BlockLinear", "inject_splopa", "block_layers", "keep_cells",
            "kron_delta", "SPLOPA_TARGETS"]

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from petlprune.models.petl import PetlModule
+from petlprune.models.petl_base import PetlModule
 
 __all__ = [
     "SPLORA_TARGETS",

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from petlprune.core.budgets import budget_order
+from petlprune.core.formats import check_plan
 from petlprune.io import atomic_path, read_json
 
 __all__ = [
@@ -166,20 +168,16 @@ class RunDir:
             raise ResultsError(f"{path}: unreadable npz ({err})") from None
 
     def plan(self, key: str, budget: str) -> dict[str, Any] | None:
-        """``plan/{key}-{budget}.json`` (a ``methods.base.Plan`` as JSON), checked, or None if absent.
-
-        Read as plain JSON rather than through ``Plan``: importing ``petlprune.methods`` imports
-        torch, which would triple the start-up time of every report notebook.
-        """
+        """``plan/{key}-{budget}.json`` (a Plan as JSON, core/formats.py), checked by the Plan's own rule
+        (``check_plan``), or None if absent."""
         path = self.root / "plan" / f"{key}-{budget}.json"
         if not path.is_file():
             return None
         plan = read_json(path)
-        depth, kept = _get(plan, "depth", path), _get(plan, "kept_blocks", path)
-        if not isinstance(kept, list) or not all(isinstance(i, int) for i in kept) or kept != sorted(set(kept)):
-            raise ResultsError(f"{path}: 'kept_blocks' must be ascending unique block indices, got {kept!r}")
-        if not isinstance(depth, int) or depth < 0:
-            raise ResultsError(f"{path}: 'depth' must be a non-negative integer, got {depth!r}")
+        try:
+            check_plan(plan, str(path))
+        except ValueError as err:
+            raise ResultsError(str(err)) from None
         plan.setdefault("decision_seconds", None)
         return plan
 
@@ -197,7 +195,6 @@ class RunDir:
     def scored(self, method: str) -> list[tuple[str, dict[str, Any], dict[tuple[str, str], dict[str, Any]]]]:
         """``(key, scores, plans)`` for every key of ``method`` that has a scores file: its Plans keyed by
         (key, budget), in budget order. What a method's report section iterates over."""
-        from petlprune.report.tables import budget_order  # tables imports this module
 
         plans = self.plans(method)
         out = []

@@ -6,12 +6,12 @@ aggregate) and returns a new frame; none reads files. Accuracies are in percent.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
+from petlprune.core.budgets import budget_family, budget_order
 from petlprune.report.load import FINETUNE
 
 __all__ = [
@@ -62,7 +62,6 @@ METRICS: list[str] = [
     "speedup_b1", "speedup_b64", "decision_seconds", "ppt",
 ]
 
-_BUDGET_RE = re.compile(r"^([a-z])(\d+(?:\.\d+)?)$")
 
 
 RETRAINED_LABEL = "unpruned, re-trained"  # a tier's `{petl}_unpruned` control
@@ -86,15 +85,6 @@ def retrained_reference(agg: pd.DataFrame) -> pd.Series:
         (agg["method"] == "last_k") & (agg["budget"] != "matched") & pd.Series(at_full, index=agg.index))
 
 
-def budget_family(budget: str, matched_alpha: str | None = None) -> str:
-    """Which budgets are comparable: ``matched`` and SLS's ``matched_alpha`` (the alpha whose depth the
-    ``matched`` baselines got) are "matched"; any other alpha is an "alpha" budget of its own."""
-    if budget == "matched" or (matched_alpha is not None and budget == matched_alpha):
-        return "matched"
-    m = _BUDGET_RE.match(budget)
-    return {"a": "alpha", "d": "depth", "r": "ratio", "p": "density", "k": "segments"}.get(m[1], budget) if m else budget
-
-
 def matched_rows(agg: pd.DataFrame, matched_alpha: str, with_reference: bool = True) -> pd.DataFrame:
     """The rows compared "at the depth SLS chose": SLS itself at ``matched_alpha`` only, every
     ``matched`` result, and (``with_reference``) each PETL's unpruned model: the fine-tune and, where
@@ -110,20 +100,6 @@ def matched_rows(agg: pd.DataFrame, matched_alpha: str, with_reference: bool = T
 
 
 COLLAPSED_MARK = "†"  # after a number whose model collapsed (its accuracy interval reaches chance)
-
-
-def budget_order(budget: str) -> tuple:
-    """Sort key of budgets: none, matched, alphas ascending, depths descending, other kinds."""
-    if budget == "none":
-        return (0, 0.0)
-    if budget == "matched":
-        return (1, 0.0)
-    m = _BUDGET_RE.match(budget)
-    if not m:
-        return (9, 0.0, budget)
-    value = float(m[2])
-    # alphas ascending; depths descending (cheapest last); other kinds by value
-    return ({"a": 2, "d": 3}.get(m[1], 4), -value if m[1] == "d" else value, m[1])
 
 
 def _method_key(method: str) -> tuple:

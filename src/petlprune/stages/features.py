@@ -10,20 +10,12 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any
 
 from petlprune.stages._args import positive_int
+from petlprune.stages._data import task_dataset
 
 __all__ = ["add_arguments", "run", "task_dataset"]
 
-
-
-def task_dataset(data: Path, split: str, info: dict[str, Any]) -> Any:
-    """One split of a task folder, preprocessed as the task model expects (``info`` of ``load_task_model``)."""
-    from petlprune.data.vtab import VTABDataset
-
-    return VTABDataset(data, split, image_size=info["image_size"], mean=info["mean"], std=info["std"],
-                       num_classes=info["num_classes"], cache=True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

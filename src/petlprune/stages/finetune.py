@@ -13,25 +13,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from petlprune.core.splits import splits_for
 from petlprune.stages._args import json_object, positive_int
+from petlprune.stages._data import num_classes_of
 
-__all__ = ["add_arguments", "run", "splits_for", "num_classes_of", "finetune"]
+__all__ = ["add_arguments", "run", "splits_for", "num_classes_of", "finetune"]  # the last two re-exported
 
-
-
-def splits_for(val: bool) -> tuple[str, str]:
-    """(train split, evaluation split): hyper-parameter search never sees test."""
-    return ("train800", "val200") if val else ("train800val200", "test")
-
-
-def num_classes_of(data: Path, splits: tuple[str, ...]) -> int:
-    """Classes of a task folder: ``meta.json``'s num_classes, else 1 + the largest label in ``splits``."""
-    from petlprune.data.vtab import load_meta, read_list_file
-
-    meta = load_meta(data)
-    if meta.get("num_classes"):
-        return int(meta["num_classes"])
-    return 1 + max(label for split in splits for _, label, _ in read_list_file(data / f"{split}.txt"))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from petlprune.stages._args import json_object, positive_int
-from petlprune.stages.finetune import num_classes_of
+from petlprune.stages._data import num_classes_of
 
 __all__ = ["add_arguments", "run", "pretrain"]
 

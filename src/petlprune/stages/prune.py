@@ -12,20 +12,10 @@ import argparse
 import time
 from pathlib import Path
 
+from petlprune.core.splits import require_train_split, splits_for
 from petlprune.stages._args import json_object, positive_int
-from petlprune.stages.finetune import splits_for
 
 __all__ = ["add_arguments", "run", "require_train_split"]
-
-
-def require_train_split(model: Path, info: dict, train_split: str, stage: str) -> None:
-    """In --val mode the model must have been fine-tuned on train800 only: one trained on
-    train800val200 has seen val200, and a selection on it would be a selection on training images."""
-    if train_split == "train800" and info.get("train_split") != "train800":
-        raise SystemExit(
-            f"petlprune {stage} --val: {model} was fine-tuned on {info.get('train_split') or 'an unrecorded split'}, "
-            "not train800, so it has seen val200; fine-tune with `petlprune finetune --val` first"
-        )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,8 +40,8 @@ def run(args: argparse.Namespace) -> None:
     from petlprune.methods import Plan, get
     from petlprune.models.build import load_task_model
     from petlprune.models.petl import mark_trainable
+    from petlprune.stages._data import task_dataset
     from petlprune.stages._retrain_reuse import find_retrained, fingerprint, retrain_lock
-    from petlprune.stages.features import task_dataset
     from petlprune.train import TrainConfig, evaluate, fit, select_device, set_determinism
 
     t0 = time.perf_counter()

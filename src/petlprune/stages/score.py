@@ -14,11 +14,11 @@ import argparse
 import time
 from pathlib import Path
 
+from petlprune.core.splits import SCORING_SPLIT, require_train_split
 from petlprune.stages._args import json_object, positive_int
 
 __all__ = ["add_arguments", "run", "SCORING_SPLIT"]
 
-SCORING_SPLIT = "train800val200"  # scorers see the training images only, never test
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,15 +48,13 @@ def run(args: argparse.Namespace) -> None:
     from petlprune.data.vtab import make_loader
     from petlprune.methods import ScoringContext
     from petlprune.models.build import load_task_model
-    from petlprune.stages.features import task_dataset
+    from petlprune.stages._data import task_dataset
     from petlprune.train import select_device, set_determinism
 
     set_determinism(args.seed, args.threads)
     device = select_device(args.device)
     model, info = load_task_model(args.model, args.backbone)
     split = "train800" if args.val else SCORING_SPLIT
-    from petlprune.stages.prune import require_train_split
-
     require_train_split(args.model, info, split, "score")
     if info.get("plan") is not None:
         raise SystemExit(f"petlprune score: {args.model} is already pruned (plan {info['plan'].get('method')}); "
@@ -109,8 +107,6 @@ def _run_without_model(args: argparse.Namespace, method) -> None:
     if metrics.get("method") is not None:
         raise SystemExit(f"petlprune score: {args.model} is already pruned (plan {metrics['method']}); "
                          "score the fine-tuned model")
-    from petlprune.stages.prune import require_train_split
-
     require_train_split(args.model, metrics, "train800" if args.val else SCORING_SPLIT, "score")
     print(f"score: {args.method} on {args.model} (needs: the depth, {depth} blocks, from {metrics_path}; "
           f"options {args.options})", flush=True)
