@@ -21,6 +21,8 @@ METHOD_MODULES: dict[str, str] = {
     "spa_block": "petlprune.methods.spa_block",
     "pear": "petlprune.methods.pear",
     "adapter_drop": "petlprune.methods.pear",
+    "p3b": "petlprune.methods.p3b",
+    "attn_drop": "petlprune.methods.attn_drop",
 }
 
 __all__ = ["METHOD_MODULES", "Budget", "Method", "Plan", "Scores", "ScoringContext", "available", "get", "register"]
