@@ -177,3 +177,20 @@ def test_valid_new_configs_pass() -> None:
     check_method_config("attn_drop", "attn_drop", {"batches": 4}, ["s4"])
     check_method_config("p3b", "p3b", {}, ["d6", "matched"])
     assert Scores  # noqa: B018 - imported for type use
+
+
+# ------------------------------------------------------------------ the workflow refuses them before any job
+@pytest.mark.parametrize(("mutate", "key"), [
+    (lambda c: c["methods"]["last_k_rec1"].update(recover_last=4), "budgets.last_k_rec1"),
+    (lambda c: c["methods"]["last_k_bridge"].update(bridge="mlp"), "methods.last_k_bridge.bridge"),
+    (lambda c: c["budgets"].update(attn_drop=["d2"]), "budgets.attn_drop"),
+])
+def test_snakemake_refuses_bad_new_options_naming_the_key(mutate, key, tmp_path) -> None:
+    from test_config import smoke, snakemake_dry_run
+
+    cfg = smoke()
+    mutate(cfg)
+    result = snakemake_dry_run(cfg, tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and key in output, output[-2000:]
+    assert "Job stats" not in output

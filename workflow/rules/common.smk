@@ -14,7 +14,7 @@ THREADS = config.get("threads", 1)
 RUN = R + "/runs/{task}/{petl}/seed{seed}"
 BACKBONE = f"{R}/backbone/{config['backbone']['name']}.pt"
 METHOD_RE = r"[a-z][a-z0-9_]*(\.[0-9]+)?"
-BUDGET_RE = r"matched|d[0-9]+|[arpk][0-9]+(\.[0-9]+)?"
+BUDGET_RE = r"matched|d[0-9]+|[arpks][0-9]+(\.[0-9]+)?"
 
 wildcard_constraints:
     task="|".join(TASKS),
