@@ -194,3 +194,55 @@ def test_snakemake_refuses_bad_new_options_naming_the_key(mutate, key, tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode != 0 and key in output, output[-2000:]
     assert "Job stats" not in output
+
+
+# ------------------------------------------------------------------ LoRA-drop
+def _lora_vit():
+    from petlprune.models.petl import inject_petl, mark_trainable
+
+    model = tiny_vit(depth=4)
+    inject_petl(model, "lora", rank=2, alpha=2.0, targets=["qkv", "fc1"])
+    for p in model.parameters():  # B = 0 at init: give every LoRA an output to measure
+        if p.dim() == 2 and p.shape[1] == 2:
+            torch.nn.init.normal_(p, std=0.1)
+    return mark_trainable(model, "lora")
+
+
+def test_lora_drop_shared_module_gets_the_gradient_of_every_position_it_serves() -> None:
+    from petlprune.models.surgery import adapter_positions
+
+    model = _lora_vit()
+    method = get("lora_drop")
+    scores = method.score(ScoringContext(model=model, loader=tiny_loader(), options={"batches": 2}))
+    assert abs(sum(scores.values) - 1.0) < 1e-9 and len(scores.values) == 8
+    plan = method.plan(scores, Budget.parse("r0.5"))
+    groups = plan.extra["shared_groups"]
+    assert len(groups) == 2  # qkv and fc1 LoRAs have different shapes: one shared LoRA per kind
+    model = method.apply(model, plan)
+    positions = adapter_positions(model)
+    for group in groups:
+        shared = positions[group[0]].adapter
+        assert len(group) >= 2 and all(positions[p].adapter is shared for p in group)
+    calls: dict[int, list[float]] = {g[0]: [] for g in groups}
+    for g in groups:
+        positions[g[0]].adapter.register_full_backward_hook(
+            lambda m, gin, gout, _k=g[0]: calls[_k].append(float(gout[0].abs().sum())))
+    images, labels = tiny_loader()[0]
+    torch.nn.functional.cross_entropy(model(images), labels).backward()
+    for g in groups:  # one incoming gradient per position that shares the module, none of them zero
+        assert len(calls[g[0]]) == len(g) and all(c > 0 for c in calls[g[0]])
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in positions[g[0]].adapter.parameters())
+
+
+def test_lora_drop_equal_storage_with_dropping() -> None:
+    from petlprune.measure import stored_params
+
+    model = _lora_vit()
+    method = get("lora_drop")
+    scores = method.score(ScoringContext(model=model, loader=tiny_loader(), options={"batches": 2}))
+    shared = method.plan(scores, Budget.parse("r0.5"))
+    drop = method.plan(Scores("lora_drop", scores.values, {**scores.extra, "options": {"share": "none"}}),
+                       Budget.parse("r0.5"))
+    a = stored_params(shared, method.apply(_lora_vit(), shared))
+    b = stored_params(drop, method.apply(_lora_vit(), drop))
+    assert 0.8 * b["petl"] <= a["petl"] <= b["petl"]  # at most what dropping stores (a kind pruned whole)

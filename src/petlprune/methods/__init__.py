@@ -23,6 +23,7 @@ METHOD_MODULES: dict[str, str] = {
     "adapter_drop": "petlprune.methods.pear",
     "p3b": "petlprune.methods.p3b",
     "attn_drop": "petlprune.methods.attn_drop",
+    "lora_drop": "petlprune.methods.lora_drop",
 }
 
 __all__ = ["METHOD_MODULES", "Budget", "Method", "Plan", "Scores", "ScoringContext", "available", "get", "register"]
