@@ -373,7 +373,7 @@ class Option:
 
 
 # Options of every layer-removal plan a method opts into (last_k, p3b): TOAST's bridge over each removed
-# span and recovery of the last kept blocks' weights (book/methods/toast.md, book/methods/last_k.md).
+# span and recovery of the last kept blocks' weights (book/methods/toast.md, book/methods/recovery.md).
 REMOVAL_OPTIONS = (
     Option("bridge", "str", "identity", choices=("identity", "linear"),
            doc="each removed span: identity (plain removal) or TOAST's least-squares linear map"),

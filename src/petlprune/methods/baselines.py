@@ -46,7 +46,7 @@ def _num_blocks(method: str, ctx: ScoringContext) -> int:
 class LastK(DeclaredOptions, LayerPruningMethod):
     """Truncation: keep the first ``depth`` blocks, drop the rest (score = -index).
 
-    Options (book/methods/last_k.md, book/methods/toast.md): ``recover_last`` n (recovery
+    Options (book/methods/recovery.md, book/methods/toast.md): ``recover_last`` n (recovery
     ``adapters+last{n}``: the last n kept blocks' weights re-trained and stored per task), ``bridge``
     (``identity`` | ``linear``: TOAST's least-squares map over the removed tail) and ``bridge_samples``.
     """

@@ -166,7 +166,7 @@ def _backbone_parameters(block: nn.Module) -> list[nn.Parameter]:
 def recover_blocks(model: nn.Module, n: int) -> nn.Module:
     """Make the full weights of the last ``n`` kept blocks task weights, in place (recovery ``adapters+last{n}``).
 
-    Lu et al. (book/methods/last_k.md) re-train the last kept layers with the head; here those blocks'
+    Lu et al. (book/methods/recovery.md) re-train the last kept layers with the head; here those blocks'
     backbone weights join the PETL modules and head: ``mark_trainable`` trains them, ``task_state_dict``
     stores them per task and ``measure.stored_params`` charges them (as ``backbone``).
     """
