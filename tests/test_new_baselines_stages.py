@@ -49,6 +49,7 @@ def test_new_arm_end_to_end(run_dir, name, options, budget) -> None:  # noqa: F8
         # the recovered block and the bridge (d × d) are charged per task, and the bridge runs in the forward
         assert eff["params_stored"] - base["params_stored"] == block + 32 * 32
         assert eff["params_forward"] - base["params_forward"] == 32 * 32 and eff["flops_per_image"] > base["flops_per_image"]
+        assert eff["params_trainable"] - base["params_trainable"] == block  # the bridge is not trained
         assert plan.extra == {"recover_last": 1, "bridge": "linear", "bridge_samples": 20}
     else:
         assert plan.extra["dropped_attention"] and len(model.blocks) == 4

@@ -27,6 +27,8 @@ __all__ = ["Bridge", "removed_spans", "least_squares_map", "attach_bridges", "br
 class Bridge(nn.Module):
     """``y = x Wᵀ`` on every token (``W`` (d, d), identity-initialised): TOAST's linear translator."""
 
+    closed_form = True  # fitted, never trained: measure.count_params does not count it as trainable
+
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.eye(dim))
