@@ -10,6 +10,8 @@ import copy
 import hashlib
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -205,3 +207,34 @@ def paper_config_for(vtab: Path, out: Path) -> Path:
     path = out / "paper.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
+
+
+def score_cli(r, method, options="{}", features=None):
+    out = r["run"] / "score" / f"{method}.json"
+    main(["score", "--method", method, "--model", str(r["model"]), "--backbone", str(r["backbone"]),
+          "--data", str(r["task"]), "--features", str(features or r["run"] / "features.npz"), "--options", options,
+          "--seed", "0", "--out", str(out), *COMMON])
+    return out
+
+
+def plan_cli(r, method, budget, *extra):
+    out = r["run"] / "plan" / f"{method}-{budget}.json"
+    main(["plan", "--method", method, "--scores", str(r["run"] / "score" / f"{method}.json"),
+          "--budget", budget, "--out", str(out), *extra])
+    return out
+
+
+def snakemake_dry_run(config: dict, tmp_path: Path) -> subprocess.CompletedProcess:
+    """``snakemake -n`` of a config dict (tests/test_config.py's bad-input matrix and the new-method tests)."""
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", str(cfg),
+         "--directory", str(ROOT), "-s", str(ROOT / "Snakefile")],
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+def smoke() -> dict:
+    """The smoke tier's config, as a dict to alter."""
+    return yaml.safe_load((ROOT / "workflow/config/smoke.yaml").read_text())

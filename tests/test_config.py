@@ -11,22 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from _helpers import smoke, snakemake_dry_run
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "workflow" / "config").glob("*.yaml"))
 
 
-def snakemake_dry_run(config: dict, tmp_path: Path) -> subprocess.CompletedProcess:
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(yaml.safe_dump(config))
-    return subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", str(cfg),
-         "--directory", str(ROOT), "-s", str(ROOT / "Snakefile")],
-        capture_output=True, text=True, timeout=120,
-    )
-
-
-def smoke() -> dict:
-    return yaml.safe_load((ROOT / "workflow/config/smoke.yaml").read_text())
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -207,7 +197,7 @@ def test_per_petl_recipe_overrides_only_that_petl(tmp_path: Path) -> None:
 @pytest.mark.parametrize("recipes, culprit", [
     ({"splora": {"finetune": {"lrr": 0.01}}}, "lrr"),
     ({"splora": {"finetune": {"lr": "fast"}}}, "fast"),
-    ({"lora": {"finetune": {"lr": 0.01}}}, "config key petl.recipes.lora"),
+    ({"convpass": {"finetune": {"lr": 0.01}}}, "config key petl.recipes.convpass"),  # smoke fine-tunes adapter, splora, splopa, lora
 ], ids=["typo", "wrong type", "petl never fine-tuned"])
 def test_bad_per_petl_recipe_names_the_key(recipes, culprit, tmp_path: Path) -> None:
     result = snakemake_dry_run(_set(smoke(), "petl.recipes", recipes), tmp_path)

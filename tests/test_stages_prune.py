@@ -8,25 +8,12 @@ import numpy as np
 import pytest
 
 from _helpers import COMMON, TRAIN
+from _helpers import plan_cli as _plan
 from _helpers import prune_cli as _prune
+from _helpers import score_cli as _score
 from petlprune.cli import main
 from petlprune.methods import Plan, Scores
 from petlprune.models.build import load_task_model
-
-
-def _score(r, method, options="{}", features=None):
-    out = r["run"] / "score" / f"{method}.json"
-    main(["score", "--method", method, "--model", str(r["model"]), "--backbone", str(r["backbone"]),
-          "--data", str(r["task"]), "--features", str(features or r["run"] / "features.npz"), "--options", options,
-          "--seed", "0", "--out", str(out), *COMMON])
-    return out
-
-
-def _plan(r, method, budget, *extra):
-    out = r["run"] / "plan" / f"{method}-{budget}.json"
-    main(["plan", "--method", method, "--scores", str(r["run"] / "score" / f"{method}.json"),
-          "--budget", budget, "--out", str(out), *extra])
-    return out
 
 
 @pytest.fixture(scope="module")

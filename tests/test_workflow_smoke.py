@@ -44,8 +44,10 @@ def test_smoke_study_builds_the_book_and_a_second_run_does_nothing(tmp_path: Pat
 
     # Every pruned result is a real re-trained model with a Plan and a measured efficiency.
     pruned = sorted((results / "runs").glob("*/adapter/seed0/pruned/*/metrics.json"))
-    # 2 tasks × (sls, last_k, random.0, BI, angular×2, taylor, sglp, depgraph, pear, pear_nn_scale, adapter_drop)
-    assert len(pruned) == 2 * 12
+    # 2 tasks × (sls, last_k, random.0, BI, angular×2, taylor, sglp, depgraph, pear, pear_nn_scale, adapter_drop,
+    # last_k_rec1, last_k_bridge, p3b, attn_drop)
+    assert len(pruned) == 2 * 16
+    assert len(sorted((results / "runs").glob("*/lora/seed0/pruned/*/metrics.json"))) == 2 * 1  # lora_drop
     # instances with their own PETL run only there: spa, fine_pruning and the controls splora_unpruned and
     # spa_recovered on splora, spa_block on splopa
     assert len(sorted((results / "runs").glob("*/splora/seed0/pruned/*/metrics.json"))) == 2 * 4

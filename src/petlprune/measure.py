@@ -77,9 +77,12 @@ def count_params(model: nn.Module) -> dict[str, int]:
         ``{"forward": int, "trainable": int}``.
     """
     params = list(model.parameters())
+    # closed-form task weights (TOAST's bridge, models/bridge.py) are stored but never trained, even when a
+    # reloaded model marks every task weight trainable
+    fitted = {id(p) for m in model.modules() if getattr(m, "closed_form", False) for p in m.parameters()}
     return {
         "forward": sum(p.numel() for p in params),
-        "trainable": sum(p.numel() for p in params if p.requires_grad),
+        "trainable": sum(p.numel() for p in params if p.requires_grad and id(p) not in fitted),
     }
 
 

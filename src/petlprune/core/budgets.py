@@ -12,7 +12,9 @@ __all__ = ["BUDGET_KINDS", "KIND_LETTERS", "BUDGET_PATTERN", "Budget", "budget_f
            "budget_kind"]
 
 # letter -> kind. Adding a kind: one line here (the pattern, the schema test and the tables follow).
-BUDGET_KINDS: dict[str, str] = {"d": "depth", "a": "alpha", "r": "ratio", "p": "density", "k": "segments"}
+# s: attention sub-layers removed (attn_drop, book/methods/attn_drop.md)
+BUDGET_KINDS: dict[str, str] = {"d": "depth", "a": "alpha", "r": "ratio", "p": "density", "k": "segments",
+                                "s": "sublayers"}
 KIND_LETTERS: dict[str, str] = {v: k for k, v in BUDGET_KINDS.items()}
 # A depth is an integer; every other kind may have a fraction. (Snakemake wildcard and schema pattern.)
 BUDGET_PATTERN = "matched|d[0-9]+|[" + "".join(k for k in BUDGET_KINDS if k != "d") + "][0-9]+(\\.[0-9]+)?"
@@ -87,10 +89,10 @@ def budget_order(budget: str) -> tuple:
 
 def check_budget_bounds(budget: Budget, depth: int | None) -> None:
     """Raise ``ValueError`` when a backbone of ``depth`` blocks (None: unknown) cannot have ``budget``:
-    a depth or a segment count outside 1..depth, a ratio or a density outside [0, 1] (a density of 0
+    a depth, a segment count or a number of attention sub-layers removed outside 1..depth, a ratio or a density outside [0, 1] (a density of 0
     or a ratio of 1 would leave no adapter parameter; both are kept legal as the extremes of a sweep)."""
-    if budget.kind in ("depth", "segments"):
-        what = "blocks kept" if budget.kind == "depth" else "segments"
+    if budget.kind in ("depth", "segments", "sublayers"):
+        what = {"depth": "blocks kept", "segments": "segments", "sublayers": "attention sub-layers removed"}[budget.kind]
         if budget.value < 1:
             raise ValueError(f"budget {budget.text!r}: {what} must be at least 1")
         if depth is not None and budget.value > depth:

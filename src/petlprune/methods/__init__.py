@@ -22,6 +22,9 @@ METHOD_MODULES: dict[str, str] = {
     "spa_block": "petlprune.methods.spa_block",
     "pear": "petlprune.methods.pear",
     "adapter_drop": "petlprune.methods.pear",
+    "p3b": "petlprune.methods.p3b",
+    "attn_drop": "petlprune.methods.attn_drop",
+    "lora_drop": "petlprune.methods.lora_drop",
 }
 _base.use_method_modules(METHOD_MODULES)  # base finds methods through it, never importing this package
 

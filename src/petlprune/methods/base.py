@@ -35,6 +35,9 @@ __all__ = [
     "DeclaredOptions",
     "check_declared",
     "check_method_config",
+    "REMOVAL_OPTIONS",
+    "RECOVERY_OPTION",
+    "removal_extra",
 ]
 
 @dataclass
@@ -108,12 +111,68 @@ class LayerPruningMethod:
             raise ValueError(f"method {self.name!r} does not take a {budget.kind} budget ({budget.text})")
         kept = top_k_blocks(scores.values, int(budget.value))
         return Plan(self.name, budget.text, len(kept), kept, scores=list(scores.values),
-                    decision_seconds=scores.seconds)
+                    decision_seconds=scores.seconds, extra=_removal_plan_extra(scores, len(kept)))
 
     def apply(self, model: Any, plan: Plan) -> Any:
-        from petlprune.models.surgery import keep_blocks
+        """Keep the plan's blocks; then, if its options say so, bridge each removed span (TOAST) and
+        make the last kept blocks' weights task weights (recovery ``adapters+last{n}``)."""
+        from petlprune.models.surgery import keep_blocks, recover_blocks
 
-        return keep_blocks(model, plan.kept_blocks)
+        total = len(model.blocks)
+        model = keep_blocks(model, plan.kept_blocks)
+        if plan.extra.get("bridge", "identity") == "linear":
+            from petlprune.models.bridge import attach_bridges
+
+            attach_bridges(model, plan.kept_blocks, total)
+        if plan.extra.get("recover_last", 0):
+            recover_blocks(model, int(plan.extra["recover_last"]))
+        return model
+
+    def calibrate(self, model: Any, plan: Plan, dataset: Callable[[], Any], device: Any = "cpu"
+                  ) -> Callable[[Any], None] | None:
+        """Before ``apply``, on the unpruned model (``stages/prune.py``): fit the linear bridges on the
+        first ``bridge_samples`` images of ``dataset()`` (the run's training split, in list order).
+        Returns what completes the pruned model after ``apply`` (None: nothing to fit)."""
+        if plan.extra.get("bridge", "identity") != "linear":
+            return None
+        from petlprune.data.vtab import make_loader
+        from petlprune.models.bridge import fit_bridges, load_bridge_maps
+
+        total = len(model.blocks)
+        maps = fit_bridges(model, plan.kept_blocks, make_loader(dataset(), 100, shuffle=False, seed=0),
+                           int(plan.extra.get("bridge_samples", 500)), device)
+        model.cpu()
+        return lambda pruned: load_bridge_maps(pruned, plan.kept_blocks, total, maps)
+
+    def mark_trainable(self, model: Any, petl: str) -> Any:
+        """The shared recipe's task weights (PETL of kept blocks + head, recovered blocks); bridges frozen."""
+        from petlprune.models.bridge import freeze_bridges
+        from petlprune.models.petl import mark_trainable
+
+        return freeze_bridges(mark_trainable(model, petl))
+
+
+def removal_extra(opts: Mapping[str, Any]) -> dict[str, Any]:
+    """The removal options a method's ``score`` passes on to its plan (through ``Scores.extra``)."""
+    return {k: opts[k] for k in ("bridge", "bridge_samples", "recover_last") if k in opts}
+
+
+def _removal_plan_extra(scores: Scores, depth: int) -> dict[str, Any]:
+    extra = removal_extra(scores.extra)
+    if extra.get("recover_last", 0) > depth:
+        raise ValueError(f"cannot recover the last {extra['recover_last']} blocks of a {depth}-block model")
+    return extra
+
+
+# Options of every layer-removal plan a method opts into (last_k, p3b): TOAST's bridge over each removed
+# span and recovery of the last kept blocks' weights (book/methods/toast.md, book/methods/recovery.md).
+REMOVAL_OPTIONS = (
+    Option("bridge", "str", "identity", choices=("identity", "linear"),
+           doc="each removed span: identity (plain removal) or TOAST's least-squares linear map"),
+    Option("bridge_samples", "int", 500, minimum=1, doc="training images the linear bridge is fitted on"),
+)
+RECOVERY_OPTION = Option("recover_last", "int", 0, minimum=0,
+                         doc="recovery adapters+last{n}: also re-train (and store) the last n kept blocks")
 
 
 def check_method_config(instance: str, method: str, options: Mapping[str, Any],

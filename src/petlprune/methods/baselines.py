@@ -17,6 +17,8 @@ import numpy as np
 # torch and the criteria are imported inside score(): `petlprune plan` loads this module only to
 # plan, and a planning job should not pay for importing torch (the DAG runs hundreds of them).
 from petlprune.methods.base import (
+    RECOVERY_OPTION,
+    REMOVAL_OPTIONS,
     Budget,
     DeclaredOptions,
     LayerPruningMethod,
@@ -25,6 +27,7 @@ from petlprune.methods.base import (
     Scores,
     ScoringContext,
     register,
+    removal_extra,
 )
 
 __all__ = ["LastK", "RandomBlocks", "BlockInfluence", "Angular", "TaylorLayer"]
@@ -41,16 +44,29 @@ def _num_blocks(method: str, ctx: ScoringContext) -> int:
 
 @register("last_k")
 class LastK(DeclaredOptions, LayerPruningMethod):
-    """Truncation: keep the first ``depth`` blocks, drop the rest (score = -index)."""
+    """Truncation: keep the first ``depth`` blocks, drop the rest (score = -index).
+
+    Options (book/methods/recovery.md, book/methods/toast.md): ``recover_last`` n (recovery
+    ``adapters+last{n}``: the last n kept blocks' weights re-trained and stored per task), ``bridge``
+    (``identity`` | ``linear``: TOAST's least-squares map over the removed tail) and ``bridge_samples``.
+    """
 
     needs: ClassVar[frozenset[str]] = frozenset()
     needs_model: ClassVar[bool] = False  # the scores depend on the depth only
+    option_specs: ClassVar[tuple[Option, ...]] = (*REMOVAL_OPTIONS, RECOVERY_OPTION)
 
     def score(self, ctx: ScoringContext) -> Scores:
         start = time.perf_counter()
-        self.check_options(ctx.options)
+        opts = self.check_options(ctx.options)
         values = [float(-i) for i in range(_num_blocks(self.name, ctx))]
-        return Scores(self.name, values, {}, time.perf_counter() - start)
+        extra = {k: v for k, v in removal_extra(opts).items() if v != self.check_options({})[k]}
+        return Scores(self.name, values, extra, time.perf_counter() - start)
+
+    def check_budget(self, budget: Budget, options: Mapping[str, Any]) -> None:
+        """Recovery of n blocks needs at least n kept (checked before any job)."""
+        n = options.get("recover_last", 0)
+        if budget.kind == "depth" and n > int(budget.value):
+            raise ValueError(f"method 'last_k': recover_last {n} exceeds the depth kept by {budget.text}")
 
 
 @register("random")

@@ -22,7 +22,7 @@ from torch import nn
 from petlprune.models.petl import Parallel, petl_wrappers
 
 __all__ = ["keep_blocks", "original_block_indices", "adapter_positions", "share_adapters", "drop_adapters",
-           "slice_channels"]
+           "slice_channels", "recover_blocks", "drop_attention"]
 
 
 def original_block_indices(model: nn.Module) -> list[int]:
@@ -152,4 +152,51 @@ def slice_channels(model: nn.Module) -> nn.Module:
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent), child, linear)
     model.sliced_channels = {k: int(v.sum().item()) for k, v in masks.items()}
+    return model
+
+
+def _backbone_parameters(block: nn.Module) -> list[nn.Parameter]:
+    """A recovered block's own backbone weights (its PETL modules are task weights already)."""
+    from petlprune.models.petl import PetlModule
+
+    petl = {id(p) for m in block.modules() if isinstance(m, PetlModule) for p in m.parameters()}
+    return [p for p in block.parameters() if id(p) not in petl]
+
+
+def recover_blocks(model: nn.Module, n: int) -> nn.Module:
+    """Make the full weights of the last ``n`` kept blocks task weights, in place (recovery ``adapters+last{n}``).
+
+    Lu et al. (book/methods/recovery.md) re-train the last kept layers with the head; here those blocks'
+    backbone weights join the PETL modules and head: ``mark_trainable`` trains them, ``task_state_dict``
+    stores them per task and ``measure.stored_params`` charges them (as ``backbone``).
+    """
+    import types
+
+    depth = len(model.blocks)
+    if not 0 <= int(n) <= depth:
+        raise ValueError(f"recover_blocks: cannot recover the last {n} of {depth} kept blocks")
+    for block in list(model.blocks)[depth - int(n):]:
+        block.extra_task_parameters = types.MethodType(_backbone_parameters, block)
+    return model
+
+
+def _mlp_only_forward(self, x, *args, **kwargs):  # timm Block.forward without its attention sub-layer
+    return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+
+
+def drop_attention(model: nn.Module, blocks: Iterable[int]) -> nn.Module:
+    """Remove the attention sub-layer (norm1, attn and its PETL, ls1) of the given blocks, in place.
+
+    LLM-Drop's attention drop (book/methods/attn_drop.md): the residual stream skips the sub-layer, the
+    MLP stays. The modules are deleted, so forward parameters, FLOPs and speed all see the removal.
+    """
+    import types
+
+    for i in sorted({int(b) for b in blocks}):
+        if not 0 <= i < len(model.blocks):
+            raise ValueError(f"drop_attention: block {i} out of range for a model with {len(model.blocks)} blocks")
+        block = model.blocks[i]
+        block.norm1 = block.attn = block.ls1 = block.drop_path1 = None
+        block.forward = types.MethodType(_mlp_only_forward, block)
+        block.attention_dropped = True
     return model

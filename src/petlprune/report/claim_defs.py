@@ -184,3 +184,35 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("SPA-2", "The channel-pruned model is measurably faster than the unpruned adapted model.",
           (Part("speed", SPA, REFERENCE),)),
 )
+
+# ---------------------------------------------------------------------------------- issue 25's claims
+# The field's newest baselines (book/methods/last_k.md, p3b.md, toast.md, attn_drop.md, lora_drop.md).
+LAST_K_FIXED = Arm("last_k (dK)", "last_k", FIXED_DEPTH)
+LAST_K_D6 = Arm("last_k, adapters-only recovery (d6)", "last_k", "d6")
+LAST_K_REC2 = Arm("last_k, recovery adapters+last2 (d6)", "last_k_rec2", "d6")
+ATTN_DROP = "attn_drop"
+
+CLAIMS += (
+    Claim("LU-1", "At equal depth, keeping the first blocks (last-k) is at least as accurate as every "
+          "metric-based selector (block influence, angular, Taylor, SGLP, P3B's block benefit).",
+          tuple(Part("accuracy", LAST_K_FIXED, Arm(f"{m} (dK)", m, FIXED_DEPTH))
+                for m in ("block_influence", "angular", "taylor_layer", "sglp", "p3b")), partial=True),
+    # The storage part states the cost: A (adapters only) over B (recovered) is what a task saves by not
+    # recovering; it is a win whenever recovery stores more, so it never makes the claim hold by itself.
+    Claim("LU-2", "Recovering the last kept blocks' weights (adapters+last2) beats adapter-only recovery, "
+          "at the storage it costs (stored parameters per task, adapters-only / recovered).",
+          (Part("accuracy", LAST_K_REC2, LAST_K_D6),
+           Part("storage", LAST_K_D6, LAST_K_REC2, "params_stored", "what a task keeps"))),
+    Claim("TOAST-1", "At equal depth, a least-squares linear bridge over the removed blocks beats plain removal.",
+          (Part("accuracy", Arm("last_k + linear bridge (dK)", "last_k_bridge", FIXED_DEPTH), LAST_K_FIXED),
+           Part("accuracy", Arm("P3B + linear bridge (dK)", "p3b_bridge", FIXED_DEPTH),
+                Arm("p3b (dK)", "p3b", FIXED_DEPTH))), partial=True),
+    Claim("DROP-1", "At about equal speed-up (equal FLOPs removed: 8 attention sub-layers ~ 3 blocks, 12 ~ 4), "
+          "dropping attention sub-layers loses less accuracy than dropping whole blocks (by similarity).",
+          (Part("accuracy", Arm("attention drop (s8)", ATTN_DROP, "s8"), Arm("block drop (d9)", "block_drop", "d9")),
+           Part("accuracy", Arm("attention drop (s12)", ATTN_DROP, "s12"), Arm("block drop (d8)", "block_drop", "d8"))),
+          partial=True),
+    Claim("LoRA-drop-1", "At equal stored parameters, sharing one LoRA across the low-importance layers beats "
+          "dropping their LoRA.",
+          (Part("accuracy", Arm("LoRA-drop (shared)", "lora_drop", "r"), Arm("LoRA dropped", "lora_drop_none", "r")),)),
+)

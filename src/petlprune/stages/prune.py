@@ -56,7 +56,13 @@ def run(args: argparse.Namespace) -> None:
     require_train_split(args.model, info, train_split, "prune")
     depth_before = len(model.blocks)
     method = get(plan.method)
+    # A method that fits something on the unpruned model before pruning (TOAST's linear bridge,
+    # methods/base.py LayerPruningMethod.calibrate) returns what completes the pruned model.
+    calibrate = getattr(method, "calibrate", None)
+    finish = calibrate(model, plan, lambda: task_dataset(args.data, train_split, info), device) if calibrate else None
     model = method.apply(model, plan)
+    if finish is not None:
+        finish(model)
     # Default: the kept blocks' PETL modules + head, backbone frozen. A method that trains more
     # (fine_pruning trains the masked backbone) says so with its own ``mark_trainable``.
     getattr(method, "mark_trainable", lambda m, petl: mark_trainable(m, petl))(model, info["petl"])
