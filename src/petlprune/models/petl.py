@@ -66,7 +66,7 @@ PETL_DEFAULTS: dict[str, dict[str, Any]] = {
     "lora": {"rank": 8, "alpha": 8.0, "targets": ["qkv"]},
     "linear": {},
     "full": {},
-    "splora": {"rank": 4},  # SPA (models/splora.py): C, R and bias on qkv, proj, fc1, fc2
+    "splora": {"rank": 4, "init": "library"},  # SPA (models/splora.py): C, R and bias on qkv, proj, fc1, fc2
     # Block-SPA (models/splopa.py): b x b blocks, K rank-1 prototypes shared per layer shape
     "splopa": {"block": "auto", "prototypes": 4, "targets": ["qkv", "proj", "fc1", "fc2"]},
 }
@@ -293,7 +293,7 @@ def inject_petl(model: nn.Module, method: str, **options: Any) -> nn.Module:
     if method == "splora":
         from petlprune.models.splora import inject_splora  # lazy: splora imports this module
 
-        inject_splora(model, opts["rank"])
+        inject_splora(model, opts["rank"], init=opts["init"])
     if method == "splopa":
         from petlprune.models.splopa import inject_splopa  # lazy: splopa imports this module
 
