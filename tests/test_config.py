@@ -119,7 +119,7 @@ BAD_METHOD_CONFIG = {
     "budget kind (matched for spa)": ("spa", {}, ["matched"], r"budgets\.inst: .*'matched' is a depth"),
     "density not scheduled (spa)": ("spa", {"densities": [0.5]}, ["p0.3"], r"budgets\.inst: .*no masks for p0\.3"),
     "density not scheduled (spa_block)": ("spa_block", {"densities": [0.5]}, ["p0.3"], r"budgets\.inst: .*p0\.3"),
-    "sls option value": ("sls", {"space": "umap"}, [], r"methods\.inst: .*'space'"),
+    "sls option value": ("sls", {"space": "umap"}, [], r"methods\.inst\.space: .*one of"),
 }
 
 

@@ -68,6 +68,8 @@ def check_config():
             )
     # Each instance's options and budgets, through the method's own declarations (methods/base.py).
     for instance, opts in config["methods"].items():
+        # the options as written too: method_options replaces SLS's alpha by its budgets' lowest
+        check_method_config(instance, registered_method(instance), tier.instance_options(config, instance), [])
         check_method_config(instance, registered_method(instance), method_options(method_keys(instance)[0]),
                             config["budgets"].get(instance, []))
     return True
