@@ -164,7 +164,7 @@ def official_segments(values: Sequence[float] | np.ndarray, k: int) -> list[tupl
                 break
             n -= 1
         level -= 1
-    bounds = [0, *sorted(set(split_point)), v.size]  # a cut repeated by rounding would be an empty segment
+    bounds = [0, *sorted(set(split_point)), v.size]  # a cut found twice (an empty segment) is one cut
     return [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
 
 
