@@ -89,7 +89,10 @@ def sglp_option_variants(cfg: dict[str, Any], option: str, values: list[str]) ->
     tier = sglp.check_options(instance_options(cfg, "sglp"))
     out = []
     for text in values:
-        options = sglp.check_options({**instance_options(cfg, "sglp"), option: yaml.safe_load(text)})
+        try:
+            options = sglp.check_options({**instance_options(cfg, "sglp"), option: yaml.safe_load(text)})
+        except ValueError as err:
+            raise SystemExit(f"--option {option} --values {text}: {err}") from None
         name = "sglp_tier" if options == tier else f"sglp_{option}_{text}"
         out.append(Variant(name, f"{option} {text}", "sglp", options))
     return out
@@ -161,11 +164,6 @@ def petl_option(args: argparse.Namespace, run: Run) -> dict[str, Any]:
     """The tier's fine-tune of ``--petl`` with ``--option`` set to each of ``--values`` (first row: the first value)."""
     import yaml
 
-    from petlprune.models.petl import PETL_DEFAULTS
-
-    if args.option not in PETL_DEFAULTS[run.petl]:
-        raise SystemExit(f"--option {args.option}: not an option of PETL {run.petl} "
-                         f"(known: {', '.join(PETL_DEFAULTS[run.petl]) or 'none'})")
     values = [(text, yaml.safe_load(text)) for text in args.values]
     steps, cells = [], {}
     for task in args.tasks:
@@ -305,6 +303,12 @@ def main(argv: list[str] | None = None) -> int:
     petl = args.petl or _default_petl(cfg, instance)
     if petl not in PETLS:
         raise SystemExit(f"--petl {petl}: unknown PETL (known: {', '.join(PETLS)})")
+    if args.mode == "petl-option":
+        from petlprune.models.petl import PETL_DEFAULTS
+
+        if args.option not in PETL_DEFAULTS[petl]:
+            raise SystemExit(f"--option {args.option}: not an option of PETL {petl} "
+                             f"(known: {', '.join(PETL_DEFAULTS[petl]) or 'none'})")
     if instance:
         args.budget = args.budget or _default_budget(cfg, instance)
         if args.budget is None:
