@@ -239,7 +239,7 @@ def checked_variants(args: argparse.Namespace, variants: list[Variant]) -> list[
 
 
 def prune_search(args: argparse.Namespace, run: Run, variants: list[Variant]) -> dict[str, Any]:
-    search = args.mode
+    search = f"sglp-{args.option}" if args.mode == "sglp-option" else args.mode  # one table per option
     steps, cells = [], {}
     for task in args.tasks:
         for seed in args.seeds:
