@@ -136,13 +136,14 @@ class Run:
         return {**recipe(self.cfg, stage, self.petl), **override}
 
     def finetune(self, task: str, seed: int, lr: float | None = None, label: str | None = None,
-                 backbone: Path | None = None) -> tuple[Step, Path]:
+                 backbone: Path | None = None, petl_options: dict[str, Any] | None = None) -> tuple[Step, Path]:
         """(the --val fine-tune step, its run folder); ``lr`` overrides the tier recipe's, ``backbone``
-        the tier's backbone file."""
+        the tier's backbone file, ``petl_options`` are set over the tier's PETL options."""
         train = self.recipe("finetune", **({} if lr is None else {"lr": lr}))
         backbone = self.backbone if backbone is None else backbone
+        options = {**self.petl_options, **(petl_options or {})}
         args = ("--data", str(self.data[task]), "--backbone", str(backbone), "--petl", self.petl,
-                "--petl-options", _json(self.petl_options), "--train", _json(train), "--seed", str(seed),
+                "--petl-options", _json(options), "--train", _json(train), "--seed", str(seed),
                 *self.common, "--val")
         ftdir = self.work / "runs" / task / self.petl / f"seed{seed}" / f"ft-lr{train['lr']:g}-{_hash(args)}"
         out = ftdir / "finetune"

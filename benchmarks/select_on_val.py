@@ -19,12 +19,16 @@ The table (val200 top-1 per task x seed, its mean, the winner) is printed and wr
         --candidates lr1e-3=results/backbone_lr1e3/backbone/embedded-vit.pt
     # another tier; without --results its data and backbone are made by the DAG under WORK/dag/
     python benchmarks/select_on_val.py pear --config workflow/config/smoke.yaml --tasks digits
+    # a PETL option (one fine-tune per value) or one SGLP option (one row per value), book/methods/*.md
+    python benchmarks/select_on_val.py petl-option --results results --petl splora --option init --values library linear
+    python benchmarks/select_on_val.py sglp-option --results results --option boundaries --values exact official
 
 Modes: ``finetune-lr`` (one row per lr: the tier's fine-tuning recipe for that PETL, lr overridden),
 ``sglp-context`` (SGLP with the tier's options, GradNorm context ``official`` vs ``finetuned``, each
 with its declared default ``pick`` unless given as ``context:pick``), ``pear`` (every share x kc
 combination Pear declares, plus ``adapter_drop``), ``backbone`` (the tier's fine-tuning recipe on the tier's
-backbone and on each ``--candidates NAME=PATH``). Every row after the first has its paired difference
+backbone and on each ``--candidates NAME=PATH``), ``petl-option`` (the fine-tune with one PETL option set to
+each of ``--values``), ``sglp-option`` (SGLP with the tier's options, one option set to each of ``--values``). Every row after the first has its paired difference
 from the first on the same val images. Not a timing benchmark: nothing goes to the book.
 """
 
@@ -51,7 +55,7 @@ from _valsearch import (  # noqa: E402
     write_table,
 )
 
-__all__ = ["sglp_variants", "pear_variants", "checked_variants", "main"]
+__all__ = ["sglp_variants", "sglp_option_variants", "pear_variants", "checked_variants", "main"]
 
 
 def sglp_variants(cfg: dict[str, Any], contexts: list[str]) -> list[Variant]:
@@ -68,6 +72,29 @@ def sglp_variants(cfg: dict[str, Any], contexts: list[str]) -> list[Variant]:
         options = {**base, "context": context, **({"pick": pick} if pick else {})}
         name = f"sglp_{context}" + (f"_{pick}" if pick else "")
         out.append(Variant(name, f"{context} (pick {pick or DEFAULT_PICK[context]})", "sglp", options))
+    return out
+
+
+def sglp_option_variants(cfg: dict[str, Any], option: str, values: list[str]) -> list[Variant]:
+    """SGLP with the tier's options and ``option`` set to each of ``values`` (YAML scalars).
+
+    Every option is written out (declared defaults filled in), and a row equal to the tier's own SGLP
+    is named ``sglp_tier``, so two searches share that row's steps (its folder is the same).
+    """
+    import yaml
+
+    from petlprune.methods import get
+
+    sglp = get("sglp")
+    tier = sglp.check_options(instance_options(cfg, "sglp"))
+    out = []
+    for text in values:
+        try:
+            options = sglp.check_options({**instance_options(cfg, "sglp"), option: yaml.safe_load(text)})
+        except ValueError as err:
+            raise SystemExit(f"--option {option} --values {text}: {err}") from None
+        name = "sglp_tier" if options == tier else f"sglp_{option}_{text}"
+        out.append(Variant(name, f"{option} {text}", "sglp", options))
     return out
 
 
@@ -133,6 +160,27 @@ def finetune_lr(args: argparse.Namespace, run: Run) -> dict[str, Any]:
             "tier_recipe": run.recipe("finetune"), "rows": rows, "show_kept": False}
 
 
+def petl_option(args: argparse.Namespace, run: Run) -> dict[str, Any]:
+    """The tier's fine-tune of ``--petl`` with ``--option`` set to each of ``--values`` (first row: the first value)."""
+    import yaml
+
+    values = [(text, yaml.safe_load(text)) for text in args.values]
+    steps, cells = [], {}
+    for task in args.tasks:
+        for seed in args.seeds:
+            for text, value in values:
+                step, _ = run.finetune(task, seed, label=f"{args.option} {text}", petl_options={args.option: value})
+                steps.append(step)
+                cells[(text, task, seed)] = step.done
+    run_steps(steps)
+    rows = [{"name": f"{args.option} {text}", "label": f"{args.option} {text}", args.option: value,
+             "cells": [read_val_metrics(cells[(text, t, s)], t, s) for t in args.tasks for s in args.seeds]}
+            for text, value in values]
+    return {"search": "petl-option", "title": f"{run.petl} option {args.option}",
+            "key": f"petl-option-{run.petl}-{args.option}", "tier_recipe": run.recipe("finetune"), "rows": rows,
+            "show_kept": False}
+
+
 def _named_path(text: str) -> tuple[str, Path]:
     """argparse type: ``NAME=PATH`` of an existing file (a backbone cache, ``backbone/<name>.pt``)."""
     name, sep, path = text.partition("=")
@@ -191,7 +239,7 @@ def checked_variants(args: argparse.Namespace, variants: list[Variant]) -> list[
 
 
 def prune_search(args: argparse.Namespace, run: Run, variants: list[Variant]) -> dict[str, Any]:
-    search = args.mode
+    search = f"sglp-{args.option}" if args.mode == "sglp-option" else args.mode  # one table per option
     steps, cells = [], {}
     for task in args.tasks:
         for seed in args.seeds:
@@ -226,12 +274,17 @@ def build_parser() -> argparse.ArgumentParser:
     lr.add_argument("--lr", nargs="+", type=_number, required=True, help="learning rates to try (e.g. 1e-3 3e-3 1e-2)")
     sglp = sub.add_parser("sglp-context", parents=[common], help="SGLP's GradNorm context: official vs finetuned")
     sglp.add_argument("--contexts", nargs="+", default=["official", "finetuned"], help="CONTEXT or CONTEXT:PICK")
+    sglp_opt = sub.add_parser("sglp-option", parents=[common], help="SGLP with one option set to each of --values")
+    petl_opt = sub.add_parser("petl-option", parents=[common], help="the fine-tune with one PETL option per --values")
+    for p in (sglp_opt, petl_opt):
+        p.add_argument("--option", required=True, help="the option's name (e.g. boundaries, tokens; init)")
+        p.add_argument("--values", nargs="+", required=True, help="its values, YAML scalars; the first is the reference")
     pear = sub.add_parser("pear", parents=[common], help="every Pear share x kc variant, and adapter_drop")
     bb = sub.add_parser("backbone", parents=[common],
                         help="train800 -> val200 transfer of the tier's backbone and of each candidate backbone")
     bb.add_argument("--candidates", nargs="+", type=_named_path, required=True, metavar="NAME=PATH",
                     help="other pretrained backbones (each a backbone/<name>.pt, e.g. of a backbone.yaml variant)")
-    for p in (sglp, pear):
+    for p in (sglp, sglp_opt, pear):
         p.add_argument("--budget", default=None, help="fixed budget (default: the tier's first non-matched one)")
         p.add_argument("--variants", nargs="+", default=None, help="run only these rows (names as in the JSON)")
     return parser
@@ -246,15 +299,23 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"--tasks {unknown[0]}: not a task of {args.config} (data.tasks: {', '.join(tier_tasks)})")
     args.seeds = args.seeds if args.seeds is not None else list(cfg["seeds"])
-    instance = {"sglp-context": "sglp", "pear": "pear"}.get(args.mode)
+    instance = {"sglp-context": "sglp", "sglp-option": "sglp", "pear": "pear"}.get(args.mode)
     petl = args.petl or _default_petl(cfg, instance)
     if petl not in PETLS:
         raise SystemExit(f"--petl {petl}: unknown PETL (known: {', '.join(PETLS)})")
+    if args.mode == "petl-option":
+        from petlprune.models.petl import PETL_DEFAULTS
+
+        if args.option not in PETL_DEFAULTS[petl]:
+            raise SystemExit(f"--option {args.option}: not an option of PETL {petl} "
+                             f"(known: {', '.join(PETL_DEFAULTS[petl]) or 'none'})")
     if instance:
         args.budget = args.budget or _default_budget(cfg, instance)
         if args.budget is None:
             raise SystemExit(f"{args.mode}: give --budget ({args.config} has no fixed budget for {instance})")
-        variants = checked_variants(args, (sglp_variants(cfg, args.contexts) if instance == "sglp"
+        variants = checked_variants(args, (sglp_option_variants(cfg, args.option, args.values)
+                                           if args.mode == "sglp-option"
+                                           else sglp_variants(cfg, args.contexts) if instance == "sglp"
                                            else pear_variants(cfg)))
     work = args.work or Path("results/select") / args.config.stem
     data, backbone = prepare_inputs(cfg, args.config, args.results, work, args.tasks)
@@ -262,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     if instance:
         table = prune_search(args, run, variants)
     else:
-        table = backbone_search(args, run) if args.mode == "backbone" else finetune_lr(args, run)
+        table = {"backbone": backbone_search, "petl-option": petl_option}.get(args.mode, finetune_lr)(args, run)
     given = sys.argv[1:] if argv is None else argv
     table.update(config=str(args.config), petl=petl, tasks=args.tasks, seeds=args.seeds,
                  command=shlex.join(["python", "benchmarks/select_on_val.py", *given]))

@@ -238,3 +238,34 @@ def snakemake_dry_run(config: dict, tmp_path: Path) -> subprocess.CompletedProce
 def smoke() -> dict:
     """The smoke tier's config, as a dict to alter."""
     return yaml.safe_load((ROOT / "workflow/config/smoke.yaml").read_text())
+
+
+def set_key(cfg: dict, dotted: str, value) -> dict:
+    """A deep copy of ``cfg`` with the dotted key set (the bad-config tests)."""
+    cfg = copy.deepcopy(cfg)
+    *parents, last = dotted.split(".")
+    node = cfg
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    return cfg
+
+
+def ss(seg: np.ndarray) -> float:
+    """Within-segment sum of squares."""
+    return float(np.square(seg - seg.mean()).sum())
+
+
+def brute_force(values: np.ndarray, k: int) -> tuple[float, list[tuple[int, int]]]:
+    """Every placement of k - 1 cuts; the split of least total within-segment sum of squares."""
+    from itertools import combinations
+
+    n = len(values)
+    best = (np.inf, [])
+    for cuts in combinations(range(1, n), k - 1):
+        bounds = [0, *cuts, n]
+        segs = list(zip(bounds[:-1], bounds[1:], strict=True))
+        loss = sum(ss(values[a:b]) for a, b in segs)
+        if loss < best[0]:
+            best = (loss, segs)
+    return best

@@ -2,29 +2,11 @@
 
 from __future__ import annotations
 
-from itertools import combinations
-
 import numpy as np
 import pytest
 
+from _helpers import brute_force, ss
 from petlprune.analysis.segment import choose_k, fisher_segments, segmentation_losses, within_costs
-
-
-def ss(seg: np.ndarray) -> float:
-    return float(np.square(seg - seg.mean()).sum())
-
-
-def brute_force(values: np.ndarray, k: int) -> tuple[float, list[tuple[int, int]]]:
-    """Every placement of k - 1 cuts; the split of least total within-segment sum of squares."""
-    n = len(values)
-    best = (np.inf, [])
-    for cuts in combinations(range(1, n), k - 1):
-        bounds = [0, *cuts, n]
-        segs = list(zip(bounds[:-1], bounds[1:], strict=True))
-        loss = sum(ss(values[a:b]) for a, b in segs)
-        if loss < best[0]:
-            best = (loss, segs)
-    return best
 
 
 @pytest.mark.parametrize("seed", range(40))

@@ -22,7 +22,7 @@ from _helpers import SGLP_DEPTH as DEPTH
 from _helpers import make_context, reference_finetuned, two_batches
 from _helpers import sglp_tiny_vit as tiny_vit
 from petlprune.methods import Budget, get
-from petlprune.methods.sglp import SGLP, GradNormScorer, gradnorm, keep_counts
+from petlprune.methods.sglp import DEFAULTS, GradNormScorer, gradnorm, keep_counts
 from petlprune.methods.sglp_gradnorm import random_init
 
 
@@ -124,17 +124,17 @@ def test_finetuned_ablation_rule(pick: str, field: int, better) -> None:
 
 
 def test_finetuned_default_pick_is_lowest_loss() -> None:
-    assert SGLP.check_options({"context": "finetuned"})["pick"] is None
+    assert get("sglp").check_options({"context": "finetuned"})["pick"] is None
     scores = get("sglp").score(make_context(k=2, depths=[3], context="finetuned"))
     assert scores.extra["pick"] == "lowest_loss"
 
 
 def test_check_options() -> None:
-    opts = SGLP.check_options({"context": "official", "init_seed": 4, "depths": [5, 2, 5]})
+    opts = get("sglp").check_options({"context": "official", "init_seed": 4, "depths": [5, 2, 5]})
     assert opts["gradnorm_batches"] == 2 and opts["init_seed"] == 4 and opts["depths"] == [2, 5]
-    assert SGLP.check_options({}) == get("sglp").check_options({})
+    assert get("sglp").check_options({}) == DEFAULTS
     for raw, key in (({"contxt": "official"}, "contxt"), ({"context": "alone"}, "context"),
                      ({"pick": "max"}, "pick"), ({"init_seed": "0"}, "init_seed"),
                      ({"gradnorm_batches": True}, "gradnorm_batches"), ({"k": "3"}, "k")):
         with pytest.raises(ValueError, match=key):
-            SGLP.check_options(raw)
+            get("sglp").check_options(raw)

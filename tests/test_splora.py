@@ -172,3 +172,37 @@ def test_fuse_keeps_output_and_makes_w_a_task_weight(backbone, images):
     assert "blocks.0.mlp.fc1.base.weight" in task and task["blocks.0.mlp.fc1.adapter.C"].numel() == 0
     assert model.blocks[0].mlp.fc1.base.weight.requires_grad
     assert isinstance(model.blocks[0].mlp.fc1.adapter, SPLoRA)
+
+
+@pytest.mark.parametrize(("init", "fan_in"), [("library", lambda r, n: r * n), ("linear", lambda r, n: n)])
+def test_init_range_of_R(init, fan_in):
+    """``init: library`` draws R from U(+-1/sqrt(r in)), as the SPA library's (1, r, in) tensor does;
+    ``linear`` from U(+-1/sqrt(in)). Over 64 x 384 draws the largest |R| lies within 1% of the bound."""
+    r, n = 64, 384
+    torch.manual_seed(0)
+    layer = SPLoRA(n, 8, r, init=init)
+    bound = 1.0 / (fan_in(r, n) ** 0.5)
+    top = layer.R.detach().abs().max().item()
+    assert top <= bound
+    assert top >= 0.99 * bound
+    # uniform on [-b, b]: the variance is b^2 / 3
+    assert layer.R.detach().double().var().item() == pytest.approx(bound**2 / 3, rel=0.03)
+    assert layer.C.detach().abs().max().item() <= 1e-4  # C's range is the library's init_range either way
+
+
+def test_init_option_flows_from_inject_petl(backbone):
+    """The PETL option reaches every layer; library is the default and is sqrt(r) times narrower."""
+    rank = 4
+    default = inject_petl(copy.deepcopy(backbone), "splora", rank=rank)
+    linear = inject_petl(copy.deepcopy(backbone), "splora", rank=rank, init="linear")
+    assert default.petl_options["init"] == "library"
+    for name, layer in splora_layers(default).items():
+        n = layer.in_features
+        assert layer.adapter.init == "library"
+        assert layer.adapter.R.abs().max().item() <= 1 / (rank * n) ** 0.5
+        wide = splora_layers(linear)[name].adapter
+        assert wide.init == "linear" and wide.R.abs().max().item() <= 1 / n**0.5
+        # at least 4 x 24 draws: the widest draw of `linear` exceeds library's bound (P(miss) = 2^-96)
+        assert wide.R.abs().max().item() > 1 / (rank * n) ** 0.5
+    with pytest.raises(ValueError, match="init"):
+        inject_petl(copy.deepcopy(backbone), "splora", rank=rank, init="kaiming")

@@ -69,6 +69,8 @@ def check_config():
     tier.check_inputs(config)  # backbone shapes, budgets vs depth, PETL options, checkpoint (tier.py)
     # Each instance's options and budgets, through the method's own declarations (methods/base.py).
     for instance, opts in config["methods"].items():
+        # the options as written too: method_options replaces SLS's alpha by its budgets' lowest
+        check_method_config(instance, registered_method(instance), tier.instance_options(config, instance), [])
         check_method_config(instance, registered_method(instance), method_options(method_keys(instance)[0]),
                             config["budgets"].get(instance, []))
     return True

@@ -8,8 +8,18 @@ Exact dynamic programme (SGLP, step 2)::
     P(n, k) = min_{k-1 <= j <= n-1} P(j, k-1) + D(j, n)      (last segment [j, n))
 
 and the cut points are recovered by back-tracking the stored argmins. O(k N²) after the O(N²) table
-of D. SGLP's official code recovers the boundaries heuristically and misses the optimum in about
-half of random cases; this is the exact optimum (tests compare it with brute force).
+of D. This is the exact optimum (tests compare it with brute force): SGLP option ``boundaries: exact``,
+the default.
+
+SGLP's official code (itsnotacie/information-fusion-SGLP, ``Network_Partition.py``, ``get_split_loss``
+lines 36-65 and ``get_split_info`` lines 89-103) fills the same table exactly but recovers the cuts
+with a heuristic (line 98): going down from the current n, it takes the first (largest) n whose
+prefix loss ``P(n, k-1)`` is strictly below the current loss, not the argmin of
+``P(n, k-1) + D(n, N)``. :func:`official_segments` reproduces it line for line (SGLP option
+``boundaries: official``, an ablation). Measured (book/methods/sglp.md, benchmarks/sglp_boundaries.py)
+at the k SGLP's rule picks: sub-optimal on 4 of 4 CKA column sums of a default-tier run (CLS-token and
+all-token CKA alike, often with fewer than k segments) and on 394 of 400 random walks of length 12;
+on exactly piecewise-constant input it finds no cut at all.
 """
 
 from __future__ import annotations
@@ -18,7 +28,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["within_costs", "fisher_segments", "segmentation_losses", "choose_k"]
+__all__ = ["within_costs", "fisher_segments", "official_segments", "segments_loss", "segmentation_losses",
+           "choose_k"]
 
 
 def _as_values(values: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -86,6 +97,82 @@ def fisher_segments(values: Sequence[float] | np.ndarray, k: int) -> list[tuple[
         end = begin
     segments.append((0, end))
     return segments[::-1]
+
+
+def _official_diameter(v: np.ndarray, start: int, end: int) -> float:
+    """``get_class_diameter`` (Network_Partition.py lines 21-33): mean and squares summed in order."""
+    ave = 0.0
+    for i in range(start, end):
+        ave += v[i]
+    ave = ave / (end - start)
+    diameter = 0.0
+    for i in range(start, end):
+        diameter += (v[i] - ave) ** 2
+    return float(diameter)
+
+
+def _official_table(v: np.ndarray, k_max: int) -> np.ndarray:
+    """``get_split_loss`` (Network_Partition.py lines 36-65): (N + 1, k_max + 1), zeros where unset."""
+    n_samples = v.size
+    table = np.zeros((n_samples + 1, k_max + 1))
+    for n in range(1, n_samples + 1):
+        table[n, 1] = _official_diameter(v, 0, n)
+    for k in range(2, k_max + 1):
+        for n in range(k, n_samples + 1):
+            table[n, k] = min(table[j, k - 1] + _official_diameter(v, j, n) for j in range(k - 1, n))
+    return table
+
+
+def official_segments(values: Sequence[float] | np.ndarray, k: int) -> list[tuple[int, int]]:
+    """SGLP's official boundary recovery for ``k`` segments, line for line (an ablation; a heuristic).
+
+    Network_Partition.py ``get_split_info`` lines 89-103, with ``k_best = k``::
+
+        split_point = []; k = k_best - 1; n = len(samples); split_loss = split_loss_result[n][k_best]
+        while k > 0:
+            while n > 0:
+                if split_loss_result[n][k] < split_loss:      # line 98: strict, first n from the top
+                    split_point.insert(0, n); split_loss = split_loss_result[n][k]; break
+                n -= 1
+            k -= 1
+
+    ``split_loss_result`` is the official table (:func:`_official_table`: the same exact P(n, k),
+    diameters summed in order as ``get_class_diameter`` does, zeros where n < k). A cut ``n`` starts
+    a new segment at value ``n`` (lines 110-120). Because of the strict ``<``, a prefix whose loss
+    equals the current one is passed over, and once the current loss is 0 no cut is found: the result
+    can have fewer than ``k`` segments (one, on exactly piecewise-constant input).
+
+    Args:
+        values: 1-D sequence of N finite numbers.
+        k: number of segments asked for, 1 <= k <= N.
+
+    Returns:
+        Half-open ``(start, end)`` pairs, in order, covering ``0..N``; at most ``k`` of them.
+    """
+    v = _as_values(values)
+    n = v.size
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
+        raise ValueError(f"number of segments must be an integer in 1..{n} (the sequence length), got {k!r}")
+    table = _official_table(v, int(k))
+    split_point: list[int] = []
+    level = int(k) - 1
+    split_loss = table[n, int(k)]
+    while level > 0:
+        while n > 0:
+            if table[n, level] < split_loss:
+                split_point.insert(0, n)
+                split_loss = table[n, level]
+                break
+            n -= 1
+        level -= 1
+    bounds = [0, *sorted(set(split_point)), v.size]  # a cut found twice (an empty segment) is one cut
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+
+
+def segments_loss(values: Sequence[float] | np.ndarray, segments: Sequence[tuple[int, int]]) -> float:
+    """Total within-segment sum of squares of a split (what :func:`fisher_segments` minimises)."""
+    v = _as_values(values)
+    return float(sum(np.square(v[a:b] - v[a:b].mean()).sum() for a, b in segments))
 
 
 def segmentation_losses(values: Sequence[float] | np.ndarray, k_max: int) -> list[float]:

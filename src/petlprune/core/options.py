@@ -25,6 +25,7 @@ _TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {
     "strs": lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(isinstance(x, str) for x in v),
     "int_or_auto": lambda v: v == "auto" or (isinstance(v, int) and not isinstance(v, bool)),
 }
+_TYPE_WORDS = {"int_or_auto": "'auto' or an integer"}  # the types a message spells out
 _LISTS = ("numbers", "strs")  # choices and bounds apply to each item
 
 
@@ -72,8 +73,8 @@ class Option:
             return
         where = f"{what} {method!r}: option {self.name!r}"
         if not _TYPE_CHECKS[self.type](value):
-            wanted = self.type + (" or null" if self.nullable else "")
-            raise OptionError(f"{where} must be of type {wanted}, got {value!r}", self.name)
+            wanted = _TYPE_WORDS.get(self.type, f"of type {self.type}") + (" or null" if self.nullable else "")
+            raise OptionError(f"{where} must be {wanted}, got {value!r}", self.name)
         items = value if self.type in _LISTS else [value]
         if self.choices is not None and any(x not in self.choices for x in items):
             each = "each item " if self.type in _LISTS else ""

@@ -43,6 +43,8 @@ PETL_OPTIONS: dict[str, tuple[Option, ...]] = {
     # SPA (models/splora.py): C, R and bias on qkv, proj, fc1, fc2
     "splora": (
         Option("rank", "int", 4, minimum=1, doc="r of C R"),
+        Option("init", "str", "library", choices=("library", "linear"),
+               doc="R's Kaiming range: the SPA library's 1/sqrt(r in) or torch.nn.Linear's 1/sqrt(in) (book/methods/spa.md)"),
     ),
     # Block-SPA (models/splopa.py): b x b blocks, K rank-1 prototypes shared per layer shape
     "splopa": (

@@ -1,9 +1,11 @@
 """SGLP: Similarity-Guided fast Layer Partition pruning (Li, Lu et al., arXiv 2410.14720).
 
-1. Linear CKA between the outputs of every pair of blocks (``analysis.cka``; CLS token by default,
-   all tokens flattened as an ablation, :mod:`~petlprune.methods.sglp_tokens`).
+1. Linear CKA between the outputs of every pair of blocks (``analysis.cka``; by default every token
+   of a block output flattened, the official ``reshape(batch, -1)``; the CLS token as an ablation,
+   :mod:`~petlprune.methods.sglp_tokens`).
 2. Each block reduced to its CKA column sum; Fisher's exact optimal segmentation of that sequence
-   into K contiguous segments (``analysis.segment``; K fixed or SGLP's "auto" rule).
+   into K contiguous segments (``analysis.segment``; K fixed or SGLP's "auto" rule; ``boundaries:
+   official`` recovers the cuts with the official code's heuristic instead, an ablation).
 3. A depth budget is shared out over the segments (``keep_rule``); within each segment the subset of
    the required size with the best GradNorm is kept (exhaustive below ``max_subsets`` candidates,
    greedy above; :mod:`~petlprune.methods.sglp_gradnorm`).
@@ -28,9 +30,11 @@ segment needs under ``keep_rule``, and stores the winner of every (segment, r) i
 segment's stored winner) and needs no model. One score file serves the matched budget and the whole
 depth sweep, and every G and loss is in the results tree.
 
-Options (``ctx.options``; defaults in :data:`DEFAULTS`; validated by :meth:`SGLP.check_options`):
-    tokens: ``cls`` (the CLS token of each block output, from ``ctx.features``) or ``all`` (every
-        token of each block output flattened; a forward pass over ``ctx.loader``).
+Options (``ctx.options``; declared in :data:`OPTION_SPECS`, defaults in :data:`DEFAULTS`; checked by
+``check_options`` when the workflow is parsed):
+    tokens: ``all`` (default: every token of each block output flattened, as the official code's
+        ``reshape(batch, -1)``; a forward pass over ``ctx.loader``, the same images as the features)
+        or ``cls`` (the CLS token of each block output, from ``ctx.features``; the ablation).
     estimator: ``biased`` (official) or ``unbiased`` (Nguyen et al. 2021 minibatch CKA).
     cka_batch_size: None (all samples in one batch) or the CKA batch size (official: 500; CKA per
         batch, averaged). Bounds memory with ``tokens: all``.
@@ -38,6 +42,10 @@ Options (``ctx.options``; defaults in :data:`DEFAULTS`; validated by :meth:`SGLP
     k: number of segments, an int or ``auto`` (:func:`~petlprune.analysis.segment.choose_k`).
     k_max, threshold: the ``auto`` rule's parameters (official 6 and 0.05); ``k_max`` also sets the
         length of the stored P(N, k) curve.
+    boundaries: ``exact`` (default: the optimal cuts, :func:`~petlprune.analysis.segment.fisher_segments`)
+        or ``official`` (Network_Partition.py's back-tracking, line 98,
+        :func:`~petlprune.analysis.segment.official_segments`; it may find fewer than K segments).
+        The official rule is a bug, so it runs as an ablation (book/methods/sglp.md).
     keep_rule: ``proportional`` or ``largest_first`` (:func:`keep_counts`).
     context: ``official`` or ``finetuned`` (above).
     pick: None (the context's rule, :data:`DEFAULT_PICK`) or one of ``largest_g``, ``smallest_g``,
@@ -65,8 +73,19 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from petlprune.analysis.segment import choose_k, fisher_segments, segmentation_losses
-from petlprune.methods.base import Budget, LayerPruningMethod, Plan, Scores, ScoringContext, register
+from petlprune.analysis.segment import choose_k, fisher_segments, official_segments, segmentation_losses
+from petlprune.methods.base import (
+    Budget,
+    DeclaredOptions,
+    LayerPruningMethod,
+    Option,
+    OptionError,
+    Plan,
+    Scores,
+    ScoringContext,
+    check_declared,
+    register,
+)
 from petlprune.methods.sglp_vocab import CONTEXTS, PICKS, TOKENS  # re-exported; sglp_vocab says why
 
 # The option vocabulary lives here, torch-free: the workflow checks every config's options through the
@@ -89,43 +108,23 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
+    "BOUNDARIES",
     "CONTEXTS",
     "DEFAULTS",
     "DEFAULT_PICK",
     "KEEP_RULES",
+    "OPTION_SPECS",
     "PICKS",
     "SGLP",
     "keep_counts",
 ]
 
 KEEP_RULES = ("proportional", "largest_first")
+BOUNDARIES = ("exact", "official")
 # The rule each context ranks candidates by when ``pick`` is None. Official: search_best's largest G.
 # Finetuned: on a trained network G grows with the loss (the largest G marks the most damaging subset);
 # the lowest loss beat the smallest G on train800 -> val200 (book/methods/sglp.md).
 DEFAULT_PICK = {"official": "largest_g", "finetuned": "lowest_loss"}
-DEFAULTS: dict[str, Any] = {
-    "tokens": "cls",
-    "estimator": "biased",
-    "cka_batch_size": None,
-    "max_samples": None,
-    "k": "auto",
-    "k_max": 6,
-    "threshold": 0.05,
-    "keep_rule": "proportional",
-    "context": "official",
-    "pick": None,
-    "init_seed": None,
-    "gradnorm_batches": 2,
-    "max_subsets": 32,
-    "depths": None,
-}
-_CHOICES = {
-    "tokens": TOKENS,
-    "estimator": ("biased", "unbiased"),
-    "keep_rule": KEEP_RULES,
-    "context": CONTEXTS,
-    "pick": (None, *PICKS),
-}
 
 
 # ----------------------------------------------------------------------------------------- options
@@ -133,33 +132,38 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
+OPTION_SPECS: tuple[Option, ...] = (
+    Option("tokens", "str", "all", choices=TOKENS,
+           doc="all: every token of each block output flattened (the official reshape(batch, -1)); cls: the CLS token"),
+    Option("estimator", "str", "biased", choices=("biased", "unbiased"), doc="CKA estimator (official: biased)"),
+    Option("cka_batch_size", "int", None, minimum=1, nullable=True, doc="CKA per batch of this size, averaged (null: one batch)"),
+    Option("max_samples", "int", None, minimum=1, nullable=True, doc="tokens all: the first max_samples loader samples"),
+    Option("k", "int_or_auto", "auto", minimum=1, doc="number of segments: auto (the official rule) or an integer"),
+    Option("k_max", "int", 6, minimum=1, doc="the auto rule's largest k (official 6)"),
+    Option("threshold", "number", 0.05, doc="the auto rule's relative loss drop (official 0.05)"),
+    Option("boundaries", "str", "exact", choices=BOUNDARIES,
+           doc="exact: the optimal cuts; official: Network_Partition.py's back-tracking (an ablation)"),
+    Option("keep_rule", "str", "proportional", choices=KEEP_RULES, doc="blocks kept per segment (keep_counts)"),
+    Option("context", "str", "official", choices=CONTEXTS, doc="GradNorm network (sglp_gradnorm)"),
+    Option("pick", "str", None, choices=PICKS, nullable=True, doc="candidate rule (null: the context's)"),
+    Option("init_seed", "int", None, minimum=0, nullable=True, doc="seed of the random network (null: the run seed)"),
+    Option("gradnorm_batches", "int", 2, minimum=1, doc="fixed training batches per GradNorm"),
+    Option("max_subsets", "int", 32, minimum=1, doc="exhaustive search up to this many subsets, greedy above"),
+    Option("depths", "numbers", None, minimum=1, nullable=True, doc="depths to prepare (null: 1..N)"),
+)
+DEFAULTS: dict[str, Any] = {o.name: o.default for o in OPTION_SPECS}
+
+
 def _options(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """``raw`` over :data:`DEFAULTS`, validated; errors name the option."""
+    """``raw`` over :data:`DEFAULTS`, checked against :data:`OPTION_SPECS`; an OptionError names the key."""
     if not isinstance(raw, Mapping):
         raise ValueError(f"method 'sglp': options must be a mapping, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"method 'sglp': unknown option(s) {unknown} (allowed: {', '.join(sorted(DEFAULTS))})")
-    opts = {**DEFAULTS, **raw}
-    for key, allowed in _CHOICES.items():
-        if opts[key] not in allowed:
-            raise ValueError(f"method 'sglp': option {key!r} must be one of {allowed}, got {opts[key]!r}")
-    for key in ("k_max", "gradnorm_batches", "max_subsets"):
-        if not _is_int(opts[key]) or opts[key] < 1:
-            raise ValueError(f"method 'sglp': option {key!r} must be a positive integer, got {opts[key]!r}")
-    for key in ("cka_batch_size", "max_samples"):
-        if opts[key] is not None and (not _is_int(opts[key]) or opts[key] < 1):
-            raise ValueError(f"method 'sglp': option {key!r} must be a positive integer or null, got {opts[key]!r}")
-    if opts["init_seed"] is not None and (not _is_int(opts["init_seed"]) or opts["init_seed"] < 0):
-        raise ValueError(f"method 'sglp': option 'init_seed' must be a non-negative integer or null, got {opts['init_seed']!r}")
-    if opts["k"] != "auto" and (not _is_int(opts["k"]) or opts["k"] < 1):
-        raise ValueError(f"method 'sglp': option 'k' must be 'auto' or a positive integer, got {opts['k']!r}")
-    if isinstance(opts["threshold"], bool) or not isinstance(opts["threshold"], (int, float)):
-        raise ValueError(f"method 'sglp': option 'threshold' must be a number, got {opts['threshold']!r}")
+    opts = check_declared("sglp", OPTION_SPECS, raw)
     depths = opts["depths"]
     if depths is not None:
-        if not isinstance(depths, Sequence) or not depths or not all(_is_int(d) and d >= 1 for d in depths):
-            raise ValueError(f"method 'sglp': option 'depths' must be null or a list of positive integers, got {depths!r}")
+        if not all(_is_int(d) for d in depths):
+            raise OptionError(f"method 'sglp': option 'depths' must be null or a list of positive integers, got {depths!r}",
+                              "depths")
         opts["depths"] = sorted({int(d) for d in depths})
     return opts
 
@@ -221,7 +225,7 @@ def keep_counts(lengths: Sequence[int], depth: int, rule: str = "proportional") 
 
 # --------------------------------------------------------------------------------------- method
 @register("sglp")
-class SGLP(LayerPruningMethod):
+class SGLP(DeclaredOptions, LayerPruningMethod):
     """SGLP: CKA → Fisher segmentation → per-segment GradNorm subset selection (see module docstring).
 
     ``score`` measures everything (CKA matrix, P(N, k) curve, segments, GradNorm and loss of every
@@ -229,10 +233,10 @@ class SGLP(LayerPruningMethod):
     """
 
     needs: ClassVar[frozenset[str]] = frozenset({"features", "loader"})
+    option_specs: ClassVar[tuple[Option, ...]] = OPTION_SPECS
 
-    @classmethod
-    def check_options(cls, raw: Mapping[str, Any]) -> dict[str, Any]:
-        """The options ``raw`` over :data:`DEFAULTS`, validated (a ValueError names the bad key)."""
+    def check_options(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        """The options ``raw`` over :data:`DEFAULTS`, checked (an OptionError names the bad key)."""
         return _options(raw)
 
     def score(self, ctx: ScoringContext) -> Scores:
@@ -264,7 +268,7 @@ class SGLP(LayerPruningMethod):
         if k > num_blocks:
             raise ValueError(f"method 'sglp': option 'k' = {k} exceeds the {num_blocks} blocks")
         losses = segmentation_losses(values, min(max(opts["k_max"], k), num_blocks))
-        segments = fisher_segments(values, k)
+        segments = (fisher_segments if opts["boundaries"] == "exact" else official_segments)(values, k)
         t_seg = time.perf_counter()
 
         depths = opts["depths"] or list(range(1, num_blocks + 1))
@@ -306,6 +310,7 @@ class SGLP(LayerPruningMethod):
             "cka": cka.tolist(),
             "k": k,
             "k_auto": opts["k"] == "auto",
+            "boundaries": opts["boundaries"],  # official: may find fewer than k segments
             "losses": losses,  # P(N, k), k = 1..len(losses)
             "segments": [[a, b] for a, b in segments],
             "depths": depths,

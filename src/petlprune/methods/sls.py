@@ -10,11 +10,12 @@ last one downward and stops there (``full_curve: true`` embeds all, for the repo
 is the prefix: patch embedding, blocks 1..L with their PETL modules, the original final norm and the
 trained head (``LayerPruningMethod.apply``).
 
-Options (``ctx.options``):
+Options (``ctx.options``; declared in :data:`OPTION_SPECS`, checked by ``check_options`` when the
+workflow is parsed, so a bad value stops ``snakemake -n`` with its config key):
     alpha: threshold factor used for the early stop (default 0.3, the paper's); a plan with another
         ``a{alpha}`` budget re-runs the walk on the stored curve and fails clearly if that walk
         needs a block that was not embedded.
-    perplexity: t-SNE perplexity (30, sklearn's default used by the official code).
+    perplexity: t-SNE perplexity (30, sklearn's default used by the official code; at least 1).
     space: ``tsne`` (the method) or ``raw`` (ablation: the criterion on the raw CLS features).
     criterion: ``silhouette`` (the method), ``calinski_harabasz`` or ``davies_bouldin`` (ablations;
         the authors tried and dropped them). Davies–Bouldin is lower-is-better and unbounded, so the
@@ -40,18 +41,30 @@ import numpy as np
 
 from petlprune.analysis.cluster import CRITERIA, HIGHER_IS_BETTER
 from petlprune.analysis.tsne import tsne_embed, tsne_settings
-from petlprune.methods.base import Budget, LayerPruningMethod, Plan, Scores, ScoringContext, register
+from petlprune.methods.base import (
+    Budget,
+    DeclaredOptions,
+    LayerPruningMethod,
+    Option,
+    Plan,
+    Scores,
+    ScoringContext,
+    register,
+)
 
-__all__ = ["DEFAULTS", "DepthDecision", "walk_depth", "select_depth", "SLS"]
+__all__ = ["DEFAULTS", "OPTION_SPECS", "DepthDecision", "walk_depth", "select_depth", "SLS"]
 
-DEFAULTS: dict[str, Any] = {
-    "alpha": 0.3,
-    "perplexity": 30.0,
-    "space": "tsne",
-    "criterion": "silhouette",
-    "full_curve": False,
-}
 SPACES = ("tsne", "raw")
+OPTION_SPECS: tuple[Option, ...] = (
+    Option("alpha", "number", 0.3, minimum=0.0, maximum=1.0,
+           doc="threshold factor of the early stop (the paper's 0.3); above 1 the rule is undefined"),
+    Option("perplexity", "number", 30.0, minimum=1.0, doc="t-SNE perplexity (sklearn's default, as the official code)"),
+    Option("space", "str", "tsne", choices=SPACES, doc="tsne (the method) or raw (ablation: the raw CLS features)"),
+    Option("criterion", "str", "silhouette", choices=tuple(CRITERIA),
+           doc="silhouette (the method), calinski_harabasz or davies_bouldin (ablations)"),
+    Option("full_curve", "bool", False, doc="embed every block instead of stopping early (for the report)"),
+)
+DEFAULTS: dict[str, Any] = {o.name: o.default for o in OPTION_SPECS}
 
 
 @dataclass
@@ -92,7 +105,8 @@ def walk_depth(score_of: Callable[[int], float], num_blocks: int, alpha: float) 
         alpha: threshold factor in [0, 1].
 
     Returns:
-        The decision. If SC_N <= 0 every block is kept (the threshold would not mean anything).
+        The decision. If SC_N <= 0 every block is kept (the threshold would not mean anything); see
+        :func:`select_depth` for what the official code does there.
     """
     alpha = _check_alpha(alpha)
     if num_blocks < 1:
@@ -117,23 +131,21 @@ def walk_depth(score_of: Callable[[int], float], num_blocks: int, alpha: float) 
 
 
 def select_depth(scores: Sequence[float], alpha: float) -> int:
-    """Number of blocks SLS keeps for the per-block ``scores`` (higher is better) and ``alpha``."""
+    """Number of blocks SLS keeps for the per-block ``scores`` (higher is better) and ``alpha``.
+
+    When the last block's score SC_N is not positive the rule has no meaningful threshold, and ours
+    keeps every block (the Plan's note says so). The official code (RuiZiHan/SLS ``visualization.py``,
+    ``analyse_t_SNE`` and its ``__main__`` loop) differs there, a degenerate input rather than a choice
+    (book/methods/sls.md):
+
+    * SC_N = 0: its threshold is 0.3 * 0 = 0, so the walk goes on while SC_j >= 0 and writes the last
+      such block as the target: depth 1 when no silhouette is negative, else the block above the first
+      negative one.
+    * SC_N < 0: the last block is already below the threshold 0 (the first block is checked against
+      ``best_score = 0`` before ``best_score`` is set), so the walk stops at once and the target file
+      is never written: no depth at all.
+    """
     return walk_depth(lambda i: scores[i], len(scores), alpha).depth
-
-
-def _options(ctx: ScoringContext) -> dict[str, Any]:
-    unknown = sorted(set(ctx.options) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"method 'sls': unknown option(s) {unknown} (allowed: {', '.join(sorted(DEFAULTS))})")
-    opts = {**DEFAULTS, **ctx.options}
-    _check_alpha(opts["alpha"])
-    if opts["space"] not in SPACES:
-        raise ValueError(f"method 'sls': option 'space' must be one of {SPACES}, got {opts['space']!r}")
-    if opts["criterion"] not in CRITERIA:
-        raise ValueError(f"method 'sls': option 'criterion' must be one of {tuple(CRITERIA)}, got {opts['criterion']!r}")
-    if not isinstance(opts["full_curve"], bool):
-        raise ValueError(f"method 'sls': option 'full_curve' must be true or false, got {opts['full_curve']!r}")
-    return opts
 
 
 def _features(ctx: ScoringContext) -> tuple[np.ndarray, np.ndarray]:
@@ -160,19 +172,16 @@ def _rule_value(criterion: str, value: float) -> float:
 
 
 @register("sls")
-class SLS(LayerPruningMethod):
+class SLS(DeclaredOptions, LayerPruningMethod):
     """SLS layer pruning: keep the shallowest prefix whose blocks all separate the classes well enough."""
 
     budget_kinds: ClassVar[tuple[str, ...]] = ("alpha", "depth")
     needs: ClassVar[frozenset[str]] = frozenset({"features"})
-
-    def check_options(self, raw: Mapping[str, Any]) -> dict[str, Any]:
-        """The options ``score`` runs with, checked (the workflow calls this before any job runs)."""
-        return _options(ScoringContext(options=dict(raw)))
+    option_specs: ClassVar[tuple[Option, ...]] = OPTION_SPECS
 
     def score(self, ctx: ScoringContext) -> Scores:
         start = time.perf_counter()
-        opts = _options(ctx)
+        opts = self.check_options(ctx.options)
         feats, labels = _features(ctx)
         num_blocks = feats.shape[0]
         criterion, space = opts["criterion"], opts["space"]

@@ -275,7 +275,7 @@ def inject_petl(model: nn.Module, method: str, **options: Any) -> nn.Module:
                 lora = LowRank(linear.in_features, linear.out_features, opts["rank"], opts["alpha"])
                 setattr(parent, child_name, Parallel(linear, lora))
     if method == "splora":
-        inject_splora(model, opts["rank"])
+        inject_splora(model, opts["rank"], init=opts["init"])
     if method == "splopa":
         inject_splopa(model, opts["block"], opts["prototypes"], opts["targets"])
     device = next(model.parameters()).device

@@ -13,6 +13,14 @@ Dependency groups of a timm ViT block (the residual width is never pruned):
     ``blocks.{i}.attn`` attention heads: a head's q, k and v rows of qkv (m_out) and its proj columns
         (m_in), one bit per head.
 
+Initial range of R (option ``init``, book/methods/spa.md). Kaiming-uniform with a = sqrt 5 draws from
+U(+-1/sqrt(fan_in)). The SPA authors' library (``structured-pruning-adapters`` 0.7.1,
+``sp_adapters/lora.py`` ``LowRankMatrix``) stores R as a ``(1, r, in)`` tensor, so torch takes its fan-in as
+``r * in`` and the bound is 1/sqrt(r in) (0.0255 at in = 384, r = 4); its comment says "as in
+torch.nn.Linear", which would be 1/sqrt(in). The paper's numbers were made with the library, so
+``library`` (bound 1/sqrt(r in)) is the default and ``linear`` (bound 1/sqrt(in), sqrt(r) times wider)
+the ablation.
+
 ``fuse_`` folds C R into W (fine-pruning trains W itself, from the same start); ``slice_channels`` in
 ``models.surgery`` makes the masked model a smaller dense timm model for deployment.
 """
@@ -31,6 +39,7 @@ from petlprune.models.petl_base import PetlModule
 
 __all__ = [
     "SPLORA_TARGETS",
+    "SPLORA_INITS",
     "SPLoRA",
     "SPLoRALinear",
     "inject_splora",
@@ -41,6 +50,7 @@ __all__ = [
     "effective_numel",
 ]
 
+SPLORA_INITS = ("library", "linear")
 SPLORA_TARGETS = {"qkv": ("attn", "qkv"), "proj": ("attn", "proj"), "fc1": ("mlp", "fc1"), "fc2": ("mlp", "fc2")}
 
 
@@ -52,13 +62,19 @@ class SPLoRA(PetlModule):
         out_features: output width.
         rank: r (0 after ``SPLoRALinear.fuse_``: no low-rank update left).
         bias: initial bias (the backbone's), or None for zeros.
+        init: range of R: ``library`` (U(+-1/sqrt(r in)), the SPA library's) or ``linear``
+            (U(+-1/sqrt(in)), torch.nn.Linear's); see the module docstring.
     """
 
-    def __init__(self, in_features: int, out_features: int, rank: int, bias: torch.Tensor | None = None) -> None:
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: torch.Tensor | None = None,
+                 init: str = "library") -> None:
         super().__init__()
         if rank < 0:
             raise ValueError(f"SPLoRA rank must be >= 0, got {rank}")
+        if init not in SPLORA_INITS:
+            raise ValueError(f"splora option 'init' must be one of {list(SPLORA_INITS)}, got {init!r}")
         self.rank = int(rank)
+        self.init = init
         self.C = nn.Parameter(torch.empty(out_features, self.rank))
         self.R = nn.Parameter(torch.empty(self.rank, in_features))
         self.bias = nn.Parameter(torch.zeros(out_features) if bias is None else bias.detach().clone())
@@ -68,7 +84,11 @@ class SPLoRA(PetlModule):
     def init_weights(self) -> None:
         if self.rank:
             nn.init.uniform_(self.C, -1e-4, 1e-4)  # SPA's init: near-zero, not zero, so R gets gradients
-            nn.init.kaiming_uniform_(self.R, a=math.sqrt(5))
+            if self.init == "library":
+                # the library's (1, r, in) tensor: fan-in r * in, bound 1/sqrt(r in)
+                nn.init.kaiming_uniform_(self.R.view(1, *self.R.shape), a=math.sqrt(5))  # (1, r, in)
+            else:
+                nn.init.kaiming_uniform_(self.R, a=math.sqrt(5))  # (r, in): fan-in in, bound 1/sqrt(in)
         with torch.no_grad():
             self.bias.copy_(self._bias0)
 
@@ -83,14 +103,15 @@ class SPLoRALinear(nn.Module):
     Args:
         base: the backbone's ``nn.Linear`` (its weight is kept frozen, its bias moves into the adapter).
         rank: SPLoRA rank r.
+        init: range of R (:data:`SPLORA_INITS`).
     """
 
-    def __init__(self, base: nn.Linear, rank: int) -> None:
+    def __init__(self, base: nn.Linear, rank: int, init: str = "library") -> None:
         super().__init__()
         bias = base.bias
         base.register_parameter("bias", None)  # the task bias lives in the adapter
         self.base = base
-        self.adapter = SPLoRA(base.in_features, base.out_features, rank, bias)
+        self.adapter = SPLoRA(base.in_features, base.out_features, rank, bias, init)
         self.register_buffer("mask_out", torch.ones(base.out_features, device=base.weight.device))
         self.register_buffer("mask_in", torch.ones(base.in_features, device=base.weight.device))
         # fine-pruning trains W itself: then W is a task weight (models.petl reads this hook).
@@ -135,7 +156,8 @@ class SPLoRALinear(nn.Module):
         a.R = nn.Parameter(a.R.new_empty(0, a.R.shape[1]))
 
 
-def inject_splora(model: nn.Module, rank: int = 4, targets: list[str] | None = None) -> nn.Module:
+def inject_splora(model: nn.Module, rank: int = 4, targets: list[str] | None = None,
+                  init: str = "library") -> nn.Module:
     """Replace qkv, proj, fc1 and fc2 of every block by :class:`SPLoRALinear`, in place.
 
     Args:
@@ -143,6 +165,7 @@ def inject_splora(model: nn.Module, rank: int = 4, targets: list[str] | None = N
         rank: SPLoRA rank r.
         targets: subset of :data:`SPLORA_TARGETS` (default all four: channel pruning needs both the
             producer and the consumer of a group to carry masks).
+        init: range of R, ``library`` (default) or ``linear`` (:data:`SPLORA_INITS`).
     """
     targets = list(targets or SPLORA_TARGETS)
     bad = [t for t in targets if t not in SPLORA_TARGETS]
@@ -150,6 +173,8 @@ def inject_splora(model: nn.Module, rank: int = 4, targets: list[str] | None = N
         raise ValueError(f"splora targets {targets}: expected a non-empty subset of {list(SPLORA_TARGETS)}")
     if int(rank) < 1:
         raise ValueError(f"splora rank must be >= 1, got {rank}")
+    if init not in SPLORA_INITS:
+        raise ValueError(f"splora option 'init' must be one of {list(SPLORA_INITS)}, got {init!r}")
     for block in model.blocks:
         for target in targets:
             parent = getattr(block, SPLORA_TARGETS[target][0])
@@ -157,7 +182,7 @@ def inject_splora(model: nn.Module, rank: int = 4, targets: list[str] | None = N
             linear = getattr(parent, name)
             if not isinstance(linear, nn.Linear):
                 raise TypeError(f"splora target {target}: {type(linear).__name__} is not nn.Linear")
-            setattr(parent, name, SPLoRALinear(linear, int(rank)))
+            setattr(parent, name, SPLoRALinear(linear, int(rank), init))
     return model
 
 
