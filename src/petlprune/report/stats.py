@@ -343,7 +343,8 @@ def seed_image(per_seed: Sequence[np.ndarray]) -> Estimate:
 
 
 def combine_tasks(estimates: Sequence[Estimate]) -> Estimate:
-    """The mean over tasks of per-task estimates (tasks are independent strata; Satterthwaite df)."""
+    """The mean over tasks of per-task estimates (tasks are independent strata; Satterthwaite df); its
+    ``seeds`` is the runs summed over tasks."""
     if not estimates:
         raise ValueError("combine_tasks: no tasks")
     t = len(estimates)
@@ -352,7 +353,7 @@ def combine_tasks(estimates: Sequence[Estimate]) -> Estimate:
     den = sum(v ** 2 / e.df for v, e in zip(var, estimates, strict=True) if v > 0)
     df = total ** 2 / den if den > 0 else min(e.df for e in estimates)
     return Estimate(float(np.mean([e.value for e in estimates])), float(np.sqrt(total)), float(df),
-                    max(e.seeds for e in estimates), int(sum(e.images for e in estimates)))
+                    int(sum(e.seeds for e in estimates)), int(sum(e.images for e in estimates)))
 
 
 def holm(pvalues: Sequence[float]) -> np.ndarray:
