@@ -163,3 +163,26 @@ def test_full_tier_has_the_friedman_step_and_the_default_tier_not() -> None:
     assert "friedman" in full and "aggregates" in full
     default = _dry_run("default.yaml")
     assert "aggregates" in default and "friedman" not in default
+
+
+def test_leaderboard_section_opens_with_one_row_per_arm(tmp_path: Path) -> None:
+    from petlprune.report import leaderboard
+
+    df = _tree(n_tasks=3, seeds=(0, 1))
+    df["speedup_b64"] = 2.0
+    df["params_stored"] = 12_000
+    scores = agg.run_scores(df)
+    agg.aggregates_table(scores, "a0.3", reps=100, poi_reps=50).to_csv(tmp_path / "aggregates.csv", index=False)
+    (tmp_path / "aggregates").mkdir()
+    items = leaderboard.section(tmp_path, df, "a0.3")
+    text = "\n".join(str(v) for k, v in items if k == "markdown")
+    assert "### adapter" in text
+    assert "need at least 5 tasks" in text and "One seed" not in text
+    board = leaderboard.leaderboard(df, pd.read_csv(tmp_path / "aggregates.csv"), "a0.3")["adapter"]
+    assert len(board) == 6 and board["speed-up"].eq("2.00×").all() and board["stored / task"].eq("12.0k").all()
+    sglp = board.set_index("method").loc["SGLP (matched)"]
+    assert sglp["top-1 retained, IQM [95%]"].count("[") == 1 and sglp["tasks × seeds"] == "3 × 2"
+    assert sglp["P(better than last-k)"].startswith("1.00")  # over SLS at matched, 2 points better on all
+    one = leaderboard.section(tmp_path, df[df["seed"] == 0], "a0.3")
+    assert one[0][0] == "markdown" and "One seed" in one[0][1]
+    assert leaderboard.bracket(0.9712, 0.96, 0.98) == "0.971 [0.960, 0.980]"
