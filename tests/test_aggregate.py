@@ -185,4 +185,5 @@ def test_leaderboard_section_opens_with_one_row_per_arm(tmp_path: Path) -> None:
     assert sglp["P(better than last-k)"].startswith("1.00")  # over SLS at matched, 2 points better on all
     one = leaderboard.section(tmp_path, df[df["seed"] == 0], "a0.3")
     assert one[0][0] == "markdown" and "One seed" in one[0][1]
+    assert leaderboard.MARKS["contradicted"] == "✗"
     assert leaderboard.bracket(0.9712, 0.96, 0.98) == "0.971 [0.960, 0.980]"

@@ -67,8 +67,7 @@ class ClaimResult:
     def caveat(self) -> str:
         """What a one-seed verdict is about (empty with several seeds)."""
         if self.seeds == 1 and self.verdict != NOT_RUN:
-            return ("one seed: about one trained model per method, not about the method; not settled until "
-                    "several seeds agree")
+            return "one seed: about one trained model per method, not settled"
         return ""
 
 
@@ -180,7 +179,7 @@ def _accuracy(part: Part, pairs, tasks) -> tuple[list[dict], float, float, float
     lo, hi = e.interval()
     rows.append({"task": "all tasks", "seeds": e.seeds, "value": e.value, "lo": lo, "hi": hi,
                  "call": stats.call(lo, hi), "p": e.p, "se": e.se, "df": e.df})
-    return rows, e.value, e.p, e.se, f"{stats.format_interval(e.value, lo, hi, signed=True)} points"
+    return rows, e.value, e.p, e.se, f"{e.value:+.1f} [{lo:+.1f}, {hi:+.1f}] points"
 
 
 def _speed(part: Part, pairs, tasks) -> tuple[list[dict], float, float, float, str]:

@@ -44,13 +44,17 @@ def one_seed_note(n_seeds: int) -> str:
             "several seeds agree; the default tier runs three.")
 
 
+MARKS = {"supported": "✓", "contradicted": "✗", "inconclusive": "?"}
+MARKS_LEGEND = "Verdicts: ✓ supported, ✗ contradicted, ? inconclusive (the Claims page has each part)."
+
+
 def method_verdicts(claims: Sequence | None) -> dict[str, list[str]]:
-    """Method name → ``SLS-1 supported`` for every judged claim whose parts name it as an arm."""
+    """Method name → ``SLS-1 ✓`` for every judged claim whose parts name it as an arm."""
     out: dict[str, list[str]] = {}
     for r in claims or ():
-        if r.verdict == "not run in this tier":
+        if r.verdict not in MARKS:
             continue
-        mark = f"{r.claim.id} {r.verdict}" + (" (1 seed)" if getattr(r, "seeds", 0) == 1 else "")
+        mark = f"{r.claim.id} {MARKS[r.verdict]}"
         for method in dict.fromkeys(m for p in r.claim.parts for m in (p.a.method, p.b.method)):
             out.setdefault(method, []).append(mark)
     return out
@@ -138,13 +142,14 @@ def section(results_dir: str | Path, df: pd.DataFrame, matched_alpha: str | None
     aggregates = pd.read_csv(path)
     for petl, table in leaderboard(df, aggregates, matched_alpha, claims).items():
         items.append(("markdown", f"### {petl}\n\n{to_markdown(table)}"))
-    interval = ("stratified-bootstrap 95% interval over seeds within tasks" if n_seeds > 1 else
-                "no interval: one seed, nothing to resample")
+    interval = ("with its stratified-bootstrap 95% interval over seeds within tasks" if n_seeds > 1 else
+                "(no interval: with one seed the bootstrap has nothing to resample)")
     items.append(("markdown", f"Top-1 retained: the pruned model's top-1 over its run's re-trained unpruned control "
-                              f"(a fraction); IQM over tasks × seeds with its {interval} (rliable). P(better than "
+                              f"(a fraction); IQM over tasks × seeds {interval} (rliable). P(better than "
                               "last-k): the probability that a run of the method beats one of last-k on the same "
                               "task at the same depth (at `matched`, SLS: the first blocks). Speed-up over the "
-                              "unpruned model at the largest batch measured; parameters each task stores."))
+                              "unpruned model at the largest batch measured; parameters each task stores. "
+                              + (MARKS_LEGEND if claims else "")))
     items.append(("markdown", "### Performance profiles\n\nThe fraction of runs (tasks × seeds) whose top-1 "
                               "retained exceeds τ; a curve further right is better everywhere."))
     items += [("image", p) for p in sorted((results_dir / "aggregates").glob("profile_*.png"))]
