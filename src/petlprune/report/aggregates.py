@@ -9,7 +9,8 @@ Everything statistical is rliable's (Agarwal et al., NeurIPS 2021), never re-wri
 
 - the mean and the interquartile mean (IQM) over every task × seed of an arm (``rliable.metrics``);
 - their 95% intervals: rliable's stratified bootstrap, which resamples the seeds *within* each task
-  (tasks are fixed strata, seeds the random unit), percentile method, a fixed ``RandomState``;
+  (tasks are fixed strata, seeds the random unit), percentile method, numpy's global RNG seeded with
+  :data:`SEED` for the call (rliable draws its indices there) and restored after it;
 - the probability of improvement P(X > Y), averaged over tasks (Mann–Whitney per task), with the
   same stratified bootstrap drawn independently for X and Y;
 - performance profiles (the fraction of runs whose score exceeds τ), with bootstrap bands.
@@ -62,7 +63,9 @@ def _rliable():
 
 @contextlib.contextmanager
 def _global_seed(seed: int) -> Iterator[None]:
-    """rliable's two-sample bootstrap draws from numpy's global RNG: seed it, then put the state back."""
+    """rliable 1.2 draws every bootstrap index from numpy's *global* RNG (``np.random.choice`` in
+    ``StratifiedBootstrap.update_indices``; its ``random_state`` only reaches arch), so a seeded,
+    reproducible interval needs the global state seeded: seed it, then put the caller's state back."""
     state = np.random.get_state()
     np.random.seed(seed)
     try:
@@ -124,8 +127,9 @@ def interval_estimates(matrix: np.ndarray, *, reps: int = REPS, seed: int = SEED
     if matrix.shape[0] < 2:
         mean, iqm = func(matrix)
         return {"mean": (float(mean), np.nan, np.nan), "iqm": (float(iqm), np.nan, np.nan)}
-    point, ci = library.get_interval_estimates({"x": matrix}, func, reps=reps,
-                                               random_state=np.random.RandomState(seed))
+    with _global_seed(seed):
+        point, ci = library.get_interval_estimates({"x": matrix}, func, reps=reps,
+                                                   random_state=np.random.RandomState(seed))
     (mean, iqm), (lo, hi) = point["x"], ci["x"]
     return {"mean": (float(mean), float(lo[0]), float(hi[0])), "iqm": (float(iqm), float(lo[1]), float(hi[1]))}
 
@@ -226,8 +230,9 @@ def performance_profiles(scores: pd.DataFrame, petl: str, *, taus: np.ndarray | 
         if m.shape[0] < 2:
             profiles[name] = profile(m)
             continue
-        point, ci = library.get_interval_estimates({name: m}, profile, reps=reps,
-                                                   random_state=np.random.RandomState(seed))
+        with _global_seed(seed):
+            point, ci = library.get_interval_estimates({name: m}, profile, reps=reps,
+                                                       random_state=np.random.RandomState(seed))
         profiles[name], cis[name] = point[name], ci[name]
     return profiles, cis, taus
 
