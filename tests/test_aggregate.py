@@ -195,4 +195,5 @@ def test_leaderboard_section_opens_with_one_row_per_arm(tmp_path: Path) -> None:
     one = leaderboard.section(tmp_path, df[df["seed"] == 0], "a0.3")
     assert one[0][0] == "markdown" and "One seed" in one[0][1]
     assert leaderboard.MARKS["contradicted"] == "✗"
+    assert "one seed" in leaderboard.seeds_sentence(1) and "3 seeds" in leaderboard.seeds_sentence(3)
     assert leaderboard.bracket(0.9712, 0.96, 0.98) == "0.971 [0.960, 0.980]"

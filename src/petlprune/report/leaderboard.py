@@ -22,7 +22,7 @@ from petlprune.report.aggregates import lastk_reference
 from petlprune.report.ranktest import MIN_TASKS, needs_more_tasks
 from petlprune.report.tables import budget_order, method_label
 
-__all__ = ["bracket", "one_seed_note", "method_verdicts", "leaderboard", "section", "parts_table"]
+__all__ = ["bracket", "one_seed_note", "method_verdicts", "leaderboard", "section", "parts_table", "seeds_sentence"]
 
 
 def bracket(value: float, lo: float, hi: float, digits: int = 3) -> str:
@@ -46,6 +46,14 @@ def one_seed_note(n_seeds: int) -> str:
 
 MARKS = {"supported": "✓", "contradicted": "✗", "inconclusive": "?"}
 MARKS_LEGEND = "Verdicts: ✓ supported, ✗ contradicted, ? inconclusive (the Claims page has each part)."
+
+
+def seeds_sentence(n_seeds: int) -> str:
+    """What the verdicts rest on, for the intro page's list of claims."""
+    if n_seeds == 1:
+        return ("These verdicts rest on one seed: each is about one trained model per method, not settled for "
+                "the method.")
+    return f"These verdicts rest on {n_seeds} seeds per method, the parts of each claim adjusted as one family (Holm)."
 
 
 def method_verdicts(claims: Sequence | None) -> dict[str, list[str]]:
