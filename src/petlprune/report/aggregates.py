@@ -249,7 +249,10 @@ def profile_figure(scores: pd.DataFrame, petl: str, *, reps: int = PROFILE_REPS,
         return None
     fig = Figure(figsize=(7.5, 4.2), layout="constrained")
     ax = fig.subplots()
+    # line style by budget family: solid at the depth SLS chose, dashed at a fixed depth, dotted otherwise
+    styles = {name: "-" if "(matched)" in name or "(a" in name else "--" if "(d" in name else ":" for name in profiles}
     plot_utils.plot_performance_profiles(profiles, taus, performance_profile_cis=cis or None, ax=ax,
+                                         linestyles=styles,
                                          xlabel=r"top-1 retained $\tau$ (pruned / re-trained unpruned)",
                                          ylabel=r"fraction of runs with score $> \tau$", labelsize=11,
                                          ticklabelsize=10)
