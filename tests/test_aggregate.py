@@ -97,6 +97,14 @@ def test_scores_are_retained_fractions_of_the_retrained_control() -> None:
     assert row["score"] == pytest.approx(sls / ctrl)
 
 
+def test_a_run_whose_control_collapsed_is_left_out_and_named() -> None:
+    df = _tree(n_tasks=2, seeds=(0,))
+    df.loc[(df["method"] == "adapter_unpruned") & (df["task"] == "t0"), "collapsed"] = "collapsed"
+    left_out: list[str] = []
+    scores = agg.run_scores(df, left_out)
+    assert set(scores["task"]) == {"t1"} and left_out == ["t0/adapter/seed0"]
+
+
 def test_aggregates_csv_agrees_with_rliable_from_the_summary(tmp_path: Path) -> None:
     """The stage's rows against rliable called directly on a matrix built here from summary.csv."""
     from petlprune.report import write_summary

@@ -74,15 +74,19 @@ def _global_seed(seed: int) -> Iterator[None]:
         np.random.set_state(state)
 
 
-def run_scores(df: pd.DataFrame) -> pd.DataFrame:
+def run_scores(df: pd.DataFrame, left_out: list[str] | None = None) -> pd.DataFrame:
     """Top-1 retained per run: columns petl, method, budget, task, seed, score (a fraction).
 
     Args:
         df: the tidy table (``read_summary`` / ``load_results``), top-1 in percent.
+        left_out: if given, ``task/petl/seedN`` of every run left out because its control collapsed.
     """
     ref = reference_rows(df)
     if "collapsed" in ref:
-        ref = ref[~ref["collapsed"].fillna("").astype(bool)]
+        bad = ref["collapsed"].fillna("").astype(bool)
+        if left_out is not None:
+            left_out += [f"{r.task}/{r.petl}/seed{r.seed}" for r in ref[bad].itertuples()]
+        ref = ref[~bad]
     denom = ref.set_index(["task", "petl", "seed"])["top1"]
     controls = (df["method"] == FINETUNE) | retrained_reference(df)
     rows = df[~controls & df["top1"].notna()].copy()

@@ -148,6 +148,9 @@ def section(results_dir: str | Path, df: pd.DataFrame, matched_alpha: str | None
     if not path.is_file():
         return items + [("markdown", f"No `{path}`: run `petlprune aggregates` (the `aggregates` rule).")]
     aggregates = pd.read_csv(path)
+    if aggregates.empty:
+        items.append(("markdown", "No aggregate: every run's unpruned control collapsed (its accuracy interval "
+                                  "reaches chance), so no top-1 retained has a meaningful denominator."))
     for petl, table in leaderboard(df, aggregates, matched_alpha, claims).items():
         items.append(("markdown", f"### {petl}\n\n{to_markdown(table)}"))
     interval = ("with its stratified-bootstrap 95% interval over seeds within tasks" if n_seeds > 1 else

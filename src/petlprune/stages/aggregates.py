@@ -3,7 +3,9 @@ Friedman test with its critical-difference diagrams (autorank).
 
 ``--out results/aggregates.csv --figures DIR``: the mean, IQM and P(improvement) rows with their
 stratified-bootstrap intervals (``report.aggregates.aggregates_table``) and one performance-profile
-figure per PETL, ``DIR/profile_<petl>.png``.
+figure per PETL, ``DIR/profile_<petl>.png``. A run whose unpruned control collapsed has no denominator
+and is left out (the log names it); where every run's did (the smoke tier's tiny models), the CSV has
+its header and no rows.
 
 ``--friedman results/friedman.csv --figures DIR``: per PETL and budget family with at least 5 tasks
 and 3 methods, the Friedman p-value, Nemenyi's CD and the mean ranks (``report.ranktest``), and the
@@ -34,7 +36,10 @@ def run(args: argparse.Namespace) -> None:
     from petlprune.report import read_summary
     from petlprune.report.aggregates import aggregates_table, profile_figure, run_scores
 
-    scores = run_scores(read_summary(args.summary))
+    left_out: list[str] = []
+    scores = run_scores(read_summary(args.summary), left_out)
+    if left_out:
+        print(f"left out (their unpruned control collapsed, no denominator): {', '.join(left_out)}", flush=True)
     args.figures.mkdir(parents=True, exist_ok=True)
     if args.out is not None:
         table = aggregates_table(scores, args.matched_alpha)
