@@ -159,6 +159,21 @@ def test_six_tasks_draw_a_critical_difference_diagram(tmp_path: Path) -> None:
     assert (tmp_path / "cd.png").stat().st_size > 1000
 
 
+def test_friedman_stage_writes_the_table_and_the_diagrams(tmp_path: Path) -> None:
+    from petlprune.report import write_summary
+
+    write_summary(_tree(n_tasks=6, seeds=(0,)), tmp_path / "summary.csv")
+    proc = subprocess.run([sys.executable, "-m", "petlprune.cli", "aggregates", "--summary",
+                           str(tmp_path / "summary.csv"), "--matched-alpha", "a0.3", "--friedman",
+                           str(tmp_path / "friedman.csv"), "--figures", str(tmp_path / "friedman")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = pd.read_csv(tmp_path / "friedman.csv")
+    assert set(table["family"]) == {"matched", "d6"}
+    assert sorted(p.name for p in (tmp_path / "friedman").glob("cd_*.png")) == ["cd_adapter_d6.png",
+                                                                                 "cd_adapter_matched.png"]
+
+
 def test_fewer_than_five_tasks_give_no_friedman_row() -> None:
     scores = agg.run_scores(_tree(n_tasks=4, seeds=(0,)))
     table, results = ranktest.friedman_table(scores, "a0.3")
