@@ -305,3 +305,11 @@ def test_one_seed_verdicts_say_they_are_about_one_trained_model(df):
     assert one["SLS-1"].seeds == 1 and not one["SLS-1"].settled
     assert "one trained model per method" in report.claims.verdict_line(one["SLS-1"])
     assert _by_id(df)["SLS-1"].caveat == ""  # two seeds
+
+
+def test_leaderboard_verdicts_name_only_the_arms_of_measured_parts(df):
+    from petlprune.report.leaderboard import method_verdicts
+
+    v = method_verdicts(evaluate_claims(df, "a0.3", TIERS))
+    assert "SLS-1 ✓" in v["sls"] and "SLS-1 ✓" in v["depgraph"]
+    assert "angular" not in v  # its parts of SLS-2 and SGLP-1 did not run in this tree

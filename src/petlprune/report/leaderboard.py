@@ -57,13 +57,19 @@ def seeds_sentence(n_seeds: int) -> str:
 
 
 def method_verdicts(claims: Sequence | None) -> dict[str, list[str]]:
-    """Method name → ``SLS-1 ✓`` for every judged claim whose parts name it as an arm."""
+    """Method name → ``SLS-1 ✓`` for every judged claim with a measured part that has it as an arm."""
     out: dict[str, list[str]] = {}
     for r in claims or ():
         if r.verdict not in MARKS:
             continue
         mark = f"{r.claim.id} {MARKS[r.verdict]}"
-        for method in dict.fromkeys(m for p in r.claim.parts for m in (p.a.method, p.b.method)):
+        measured = list(r.parts["comparison"]) if not r.parts.empty else []
+
+        def ran(part, measured=measured) -> bool:  # parts measured in this tier (fixed depths: "(dK)")
+            a, b = (arm.label.replace("(dK)", "") for arm in (part.a, part.b))
+            return any(c.startswith(a) and b in c for c in measured)
+
+        for method in dict.fromkeys(m for p in r.claim.parts if ran(p) for m in (p.a.method, p.b.method)):
             out.setdefault(method, []).append(mark)
     return out
 
