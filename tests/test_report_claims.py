@@ -11,6 +11,7 @@ except block influence, right on as many images as it would be but 40 of them sw
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +71,7 @@ def fabricate(root: Path) -> Path:
             for seed in (0, 1):
                 run = root / "runs" / task / petl / f"seed{seed}"
                 labels = np.arange(N) % CLASSES
-                order = np.random.default_rng(hash((task, petl, seed)) % 2**32).permutation(N)
+                order = np.random.default_rng(zlib.crc32(f"{task}/{petl}/{seed}".encode())).permutation(N)  # not hash(): salted per process
                 for name in TOP1:
                     out = run / ("finetune" if name == "finetune" else f"pruned/{name}")
                     _result(out, task, petl, seed, name, order, labels, rng)
@@ -284,3 +285,32 @@ def test_claim_figure_draws_each_measure_on_its_own_axis_and_no_difference_line(
     assert [ax.get_xlabel() for ax in axes] == [_UNITS["accuracy"], _UNITS["speed"]]
     lines = [[ln.get_xdata()[0] for ln in ax.get_lines() if ln.get_linestyle() == "--"] for ax in axes]
     assert lines == [[0.0], [1.0]]
+
+
+def test_parts_list_raw_and_holm_p_and_a_minimum_detectable_effect(df):
+    r = _by_id(df)["SLS-2"]
+    parts = r.parts.set_index("comparison")
+    assert {"p_raw", "p_holm", "call", "mde_points"} <= set(parts.columns)
+    # Holm: never below the raw p, and the smallest raw p is multiplied by the number of measured parts
+    assert (parts["p_holm"] >= parts["p_raw"] - 1e-12).all()
+    m = int(parts["p_raw"].notna().sum())
+    i = parts["p_raw"].idxmin()
+    assert parts.loc[i, "p_holm"] == pytest.approx(min(1.0, m * parts.loc[i, "p_raw"]))
+    bi = parts.loc[parts.index.str.contains("block_influence")].iloc[0]
+    assert bi["call"] == "indistinguishable" and 0 < bi["mde_points"] < 20
+    assert "would probably have been seen" in r.reason and "Holm" in r.reason
+
+
+def test_one_seed_verdicts_say_they_are_about_one_trained_model(df):
+    one = {r.claim.id: r for r in evaluate_claims(df[df["seed"] == 0], "a0.3", TIERS)}
+    assert one["SLS-1"].seeds == 1 and not one["SLS-1"].settled
+    assert "one trained model per method" in report.claims.verdict_line(one["SLS-1"])
+    assert _by_id(df)["SLS-1"].caveat == ""  # two seeds
+
+
+def test_leaderboard_verdicts_name_only_the_arms_of_measured_parts(df):
+    from petlprune.report.leaderboard import method_verdicts
+
+    v = method_verdicts(evaluate_claims(df, "a0.3", TIERS))
+    assert "SLS-1 ✓" in v["sls"] and "SLS-1 ✓" in v["depgraph"]
+    assert "angular" not in v  # its parts of SLS-2 and SGLP-1 did not run in this tree

@@ -118,3 +118,70 @@ def test_combine_seeds_takes_several_draws_as_one_stratum_of_their_mean():
     assert (d.hi - d.lo) > (per_draw.hi - per_draw.lo)
     with pytest.raises(ValueError, match="different lengths"):
         stats.combine_seeds([(labels, pa, draws[:, :-1])])
+
+
+# ---- seeds × images, Holm, minimum detectable effect ----------------------------------------------
+def _crossed_tree(rng, seeds=3, images=500, seed_sd=0.04, half_width=0.3, mu=0.6):
+    """Per image 0/100 correct: P(correct) = mu + seed effect + image effect, the images shared by the
+    seeds (the same test set): known seed variance seed_sd², image variance half_width²/3, mean mu."""
+    a = rng.normal(0.0, seed_sd, seeds)
+    b = rng.uniform(-half_width, half_width, images)
+    p = np.clip(mu + a[:, None] + b[None, :], 0, 1)  # (S, I)
+    return 100.0 * (rng.random((seeds, images)) < p)
+
+
+def test_seed_image_interval_covers_the_true_mean_about_95_percent():
+    rng = np.random.default_rng(5)
+    hits = images_only = 0
+    for _ in range(200):
+        y = _crossed_tree(rng)
+        lo, hi = stats.seed_image(list(y)).interval()
+        hits += lo <= 60.0 <= hi
+        # the same trees with the seed component ignored (images only, seeds pooled): far too narrow
+        e = stats.seed_image([y.ravel()])
+        lo, hi = e.interval()
+        images_only += lo <= 60.0 <= hi
+    coverage = hits / 200
+    print(f"coverage of the seeds x images interval on 200 trees: {coverage:.3f}; images only: {images_only / 200:.3f}")
+    assert 0.90 <= coverage <= 0.99
+    assert images_only / 200 < 0.8
+
+
+def test_seed_image_with_one_seed_is_the_image_level_t_interval():
+    y = np.array([100.0, 0.0, 100.0, 100.0, 0.0, 100.0])
+    e = stats.seed_image([y])
+    assert e.seeds == 1 and e.value == pytest.approx(y.mean())
+    assert e.se == pytest.approx(y.std(ddof=1) / np.sqrt(len(y))) and e.df == len(y) - 1
+
+
+def test_seed_image_rejects_different_images_per_seed():
+    with pytest.raises(ValueError, match="same"):
+        stats.seed_image([np.ones(5), np.ones(6)])
+
+
+def test_holm_on_a_hand_computed_family():
+    # sorted: 0.005*4 = 0.02, 0.01*3 = 0.03, 0.03*2 = 0.06, 0.04*1 = 0.04 -> max(0.06, 0.04) = 0.06
+    adj = stats.holm([0.01, 0.04, 0.03, 0.005])
+    np.testing.assert_allclose(adj, [0.03, 0.06, 0.06, 0.02])
+    np.testing.assert_allclose(stats.holm([0.5, np.nan, 0.2]), [0.5, np.nan, 0.4])  # NaN not in the family
+
+
+@pytest.mark.parametrize("p_loss, verdict_loss", [(0.03, "indistinguishable"), (0.001, "loss")])
+def test_one_loss_among_ten_parts_after_holm(p_loss, verdict_loss):
+    directions = [+1.0] * 9 + [-1.0]
+    pvalues = [0.4, 0.5, 0.6, 0.7, 0.8, 0.45, 0.55, 0.65, 0.9, p_loss]
+    calls, adj = stats.family_calls(directions, pvalues)
+    assert calls[-1] == verdict_loss and adj[-1] == pytest.approx(10 * p_loss)
+    assert "win" not in calls
+
+
+def test_minimum_detectable_effect_is_detected_80_percent_of_the_time():
+    """Per-image paired differences with the MDE as true effect: the test rejects in about 80% of trees
+    (one seed, where the degrees of freedom are many and the normal-theory formula is exact enough)."""
+    rng = np.random.default_rng(0)
+    mde = stats.seed_image([rng.normal(0, 30, 400)]).mde()
+    assert mde == pytest.approx((1.96 + 0.84) * 30 / 20, rel=0.1)  # (z_0.975 + z_0.8) sigma / sqrt(n)
+    rejections = sum(stats.seed_image([rng.normal(mde, 30, 400)]).p < 0.05 for _ in range(400))
+    assert 0.72 <= rejections / 400 <= 0.88
+    # at a Holm-adjusted alpha (the family's strictest step) more is needed to be seen
+    assert stats.seed_image([rng.normal(0, 30, 400)]).mde(alpha=0.05 / 10) > 1.2 * mde

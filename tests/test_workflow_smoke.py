@@ -42,6 +42,19 @@ def test_smoke_study_builds_the_book_and_a_second_run_does_nothing(tmp_path: Pat
     controls = {"splora_unpruned", "spa_recovered", "pear_nn_scale"}
     assert controls <= keys, f"every control of the tiers is a row of the summary; missing {controls - keys}"
 
+    # Aggregates across tasks x seeds (rliable): mean and IQM per arm; one seed, so no interval over seeds.
+    import pandas as pd
+
+    from petlprune.report.aggregates import AGG_COLUMNS
+
+    # (the smoke tier's tiny models may all collapse: a run whose control did has no denominator, no row)
+    aggregates = pd.read_csv(results / "aggregates.csv")
+    assert list(aggregates.columns) == AGG_COLUMNS and (results / "aggregates").is_dir()
+    if len(aggregates):
+        assert {"mean", "iqm"} <= set(aggregates["statistic"]) and aggregates["value"].between(0, 2).all()
+        assert (aggregates["n_seeds"] == 1).all() and aggregates["lo"].isna().all()
+    assert not (results / "friedman.csv").exists()  # two tasks: the test over tasks needs 5
+
     # Every pruned result is a real re-trained model with a Plan and a measured efficiency.
     pruned = sorted((results / "runs").glob("*/adapter/seed0/pruned/*/metrics.json"))
     # 2 tasks × (sls, last_k, random.0, BI, angular×2, taylor, sglp, depgraph, pear, pear_nn_scale, adapter_drop,

@@ -29,6 +29,7 @@ STAGES: dict[str, str] = {
     "plan": "turn scores and a budget into a pruning Plan",
     "prune": "apply a Plan, evaluate, re-train, evaluate",
     "summary": "collect every result into results/summary.csv",
+    "aggregates": "aggregates across tasks x seeds (rliable) or the Friedman test + CD diagrams (autorank)",
     "notebook": "execute a report notebook with papermill (its own command line), in the warm worker if one runs",
     "book": "assemble the jupyter-book's generated pages from the results tree",
     "cost": "expected GPU-hours and wall time of a config's DAG on N GPUs (dry run + measured job costs)",

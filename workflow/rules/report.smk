@@ -84,10 +84,49 @@ rule summary:
         "petlprune summary --results {R} --out {output} > {log} 2>&1"
 
 
+# Aggregates across tasks x seeds (rliable): mean, IQM, P(improvement) with stratified-bootstrap
+# intervals, one performance profile per PETL (report/aggregates.py).
+rule aggregates:
+    input:
+        f"{R}/summary.csv",
+    output:
+        csv=f"{R}/aggregates.csv",
+        figures=directory(f"{R}/aggregates"),
+    log:
+        f"{R}/logs/aggregates.log",
+    benchmark:
+        f"{R}/benchmarks/aggregates.tsv"
+    shell:
+        "petlprune aggregates --summary {input} --matched-alpha {MATCHED_ALPHA} --out {output.csv}"
+        " --figures {output.figures} > {log} 2>&1"
+
+
+# Friedman + Nemenyi + critical-difference diagrams (autorank, report/ranktest.py): in the DAG only
+# where the tier has the 5 tasks the test needs (full, paper); the summary says so elsewhere.
+FRIEDMAN = [f"{R}/friedman.csv"] if len(TASKS) >= 5 else []
+
+
+rule friedman:
+    input:
+        f"{R}/summary.csv",
+    output:
+        csv=f"{R}/friedman.csv",
+        figures=directory(f"{R}/friedman"),
+    log:
+        f"{R}/logs/friedman.log",
+    benchmark:
+        f"{R}/benchmarks/friedman.tsv"
+    shell:
+        "petlprune aggregates --summary {input} --matched-alpha {MATCHED_ALPHA} --friedman {output.csv}"
+        " --figures {output.figures} > {log} 2>&1"
+
+
 rule summary_notebook:
     input:
         template="notebooks/summary.ipynb",
         summary=f"{R}/summary.csv",
+        aggregates=f"{R}/aggregates.csv",
+        friedman=FRIEDMAN,
     output:
         f"{NB}/summary.ipynb",
     log:

@@ -8,7 +8,7 @@ Typical use in a notebook::
     report.to_markdown(report.comparison_table(agg))
 """
 
-from petlprune.report import stats
+from petlprune.report import aggregates, leaderboard, ranktest, stats
 from petlprune.report.claims import CLAIMS, evaluate_claims, reference_rows
 from petlprune.report.figures import (
     AXES,
@@ -57,7 +57,7 @@ __all__ = [
     "ResultsError", "RunDir",
     "accuracy_figure", "accuracy_vs", "aggregate", "block_score_section", "budget_family", "budget_marker",
     "collect_provenance", "comparison_table", "depth_bars", "evaluate_claims", "find_runs", "load_results",
-    "log_path", "matched_rows", "mean_std", "reference_rows", "stats",
+    "log_path", "matched_rows", "mean_std", "reference_rows", "stats", "aggregates", "leaderboard", "ranktest",
     "method_color", "method_label", "method_section", "pareto_mask", "ppt", "rank_table", "read_summary",
     "result_table", "sls_section", "sort_results", "split_key", "split_result_dir", "to_markdown",
     "tradeoff_figure", "write_summary",

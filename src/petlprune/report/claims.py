@@ -1,16 +1,24 @@
 """The headline claims of the four papers, each judged on the results tree: a verdict, its evidence.
 
 A claim compares arms (a method instance at a budget) on the same task, PETL and seed. Accuracy parts
-are paired differences over the same test images (``stats.combine_seeds`` over every task × seed),
-speed parts speed-up ratios from interleaved per-repeat timings, storage parts exact counts. The
-verdict:
+are paired differences over the same test images, per task over its seeds × images
+(``stats.seed_image``: seeds and images crossed, so both seed-to-seed and test-image variation are in
+the interval) and over tasks as independent strata (``stats.combine_tasks``); speed parts speed-up
+ratios from interleaved per-repeat timings (every pair the same way: the largest of their bootstrap
+p-values); storage parts exact counts (p 0 when every pair goes the same way). The parts of a claim are
+one family: their p-values are adjusted with Holm's method (``stats.family_calls``) and a part is a
+win or a loss only when its *adjusted* p < 0.05. The verdict:
 
-- ``supported``: every part is a win (its interval excludes 0 in the claimed direction);
-- ``contradicted``: some part is a loss (its interval excludes 0 the other way);
-- ``inconclusive``: no loss, but some interval covers 0 (or a part could not be measured);
+- ``supported``: every part is a win after the adjustment;
+- ``contradicted``: some part is a loss after the adjustment;
+- ``inconclusive``: no loss, but some part is not significant (or could not be measured); each
+  accuracy part says its minimum detectable effect (80% power at Holm's strictest level, alpha over
+  the parts), so a reader can tell "no difference" from "too few images and seeds to tell";
 - ``not run in this tier``: an arm is missing; the verdict names it and the tiers that run it. A claim
   against several alternatives (``Claim.partial``: SLS-2, SGLP-1) is judged on the comparisons that
   ran and names the missing ones; it is not run only when none of its comparisons is.
+
+With one seed (``ClaimResult.caveat``) a verdict is about one trained model per method, not settled.
 
 Equal depth is a pairing: SGLP-1 compares SGLP at SLS's depth (``matched``) and at every fixed depth
 ``d{K}`` the tier runs it at, each depth a comparison of its own (``SGLP (d6) vs last_k (d6)``).
@@ -35,6 +43,7 @@ __all__ = ["CLAIMS", "ClaimResult", "Arm", "evaluate_claims", "reference_rows", 
            "paired_versus", "describe_difference", "speedup_versus"]
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_RUN = "supported", "contradicted", "inconclusive", "not run in this tier"
+ALPHA = 1 - stats.LEVEL  # family-wise error rate of a claim's parts (Holm)
 
 
 @dataclass
@@ -46,6 +55,20 @@ class ClaimResult:
     reason: str
     evidence: pd.DataFrame = field(default_factory=pd.DataFrame)
     excluded: list[str] = field(default_factory=list)
+    parts: pd.DataFrame = field(default_factory=pd.DataFrame)  # per part: p_raw, p_holm, call, mde_points
+    seeds: int = 0  # seeds of the tier: with one, every statement is about one trained model per method
+
+    @property
+    def settled(self) -> bool:
+        """A verdict about a method needs seed-to-seed variation: never settled on one seed."""
+        return self.seeds >= 2
+
+    @property
+    def caveat(self) -> str:
+        """What a one-seed verdict is about (empty with several seeds)."""
+        if self.seeds == 1 and self.verdict != NOT_RUN:
+            return "one seed: about one trained model per method, not settled"
+        return ""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -132,24 +155,35 @@ def _times(row: pd.Series, batch: str) -> np.ndarray | None:
     return np.asarray(times, dtype=float) if times else None
 
 
-def _accuracy(part: Part, pairs, tasks) -> tuple[list[dict], str, str]:
-    rows, strata = [], []
+def _task_estimate(strata) -> stats.Estimate:
+    """One task's paired difference A − B (points) over its runs × images (:func:`stats.seed_image`)."""
+    diffs = [100.0 * (stats._correct(pa, labels) - stats._correct(pb, labels)) for labels, pa, pb in strata]
+    return stats.seed_image(diffs)
+
+
+def _accuracy(part: Part, pairs, tasks) -> tuple[list[dict], float, float, float, str]:
+    """Rows per task and over all tasks; (rows, direction, raw p, standard error, summary)."""
+    rows, estimates = [], []
     for task in tasks:
         per_task = _run_strata([p for p in pairs if p[0]["task"] == task])
         if not per_task:
             continue
-        d = stats.combine_seeds(per_task)
-        strata += per_task
-        rows.append({"task": task, "seeds": d.seeds, "value": d.diff, "lo": d.lo, "hi": d.hi, "call": d.call})
-    if not strata:
-        return rows, INCONCLUSIVE, "no per-image predictions to pair" if pairs else "nothing to pair"
-    d = stats.combine_seeds(strata)
-    rows.append({"task": "all tasks", "seeds": d.seeds, "value": d.diff, "lo": d.lo, "hi": d.hi, "call": d.call})
-    return rows, d.call, f"{stats.format_interval(d.diff, d.lo, d.hi, signed=True)} points"
+        e = _task_estimate(per_task)
+        lo, hi = e.interval()
+        estimates.append(e)
+        rows.append({"task": task, "seeds": e.seeds, "value": e.value, "lo": lo, "hi": hi,
+                     "call": stats.call(lo, hi), "p": e.p})
+    if not estimates:
+        return rows, np.nan, np.nan, np.nan, "no per-image predictions to pair" if pairs else "nothing to pair"
+    e = stats.combine_tasks(estimates)
+    lo, hi = e.interval()
+    rows.append({"task": "all tasks", "seeds": e.seeds, "value": e.value, "lo": lo, "hi": hi,
+                 "call": stats.call(lo, hi), "p": e.p, "se": e.se, "df": e.df})
+    return rows, e.value, e.p, e.se, f"{e.value:+.1f} [{lo:+.1f}, {hi:+.1f}] points"
 
 
-def _speed(part: Part, pairs, tasks) -> tuple[list[dict], str, str]:
-    rows, calls = [], []
+def _speed(part: Part, pairs, tasks) -> tuple[list[dict], float, float, float, str]:
+    rows, logs, ps = [], [], []
     for ra, rb in pairs:
         batch = max((c.removeprefix("throughput_b") for c in ra.index if c.startswith("throughput_b")
                      and pd.notna(ra[c])), key=int, default=None)
@@ -157,31 +191,38 @@ def _speed(part: Part, pairs, tasks) -> tuple[list[dict], str, str]:
         if ta is None or tb is None or len(ta) != len(tb):
             rows.append({"task": ra["task"], "seeds": 1, "value": np.nan, "lo": np.nan, "hi": np.nan,
                          "call": "no interleaved timings"})
-            calls.append("indistinguishable")
             continue
         ratio, lo, hi = stats.speedup_interval(tb, ta)
         call = stats.call(np.log(lo) if lo > 0 else -np.inf, np.log(hi) if hi > 0 else -np.inf)
+        p = stats.speedup_p(tb, ta)
         rows.append({"task": ra["task"], "seeds": 1, "value": ratio, "lo": lo, "hi": hi, "call": call,
-                     "batch": batch})
-        calls.append(call)
-    verdict = "loss" if "loss" in calls else "win" if calls and all(c == "win" for c in calls) else "indistinguishable"
-    return rows, verdict, f"speed-up {_values(rows, '{:.2f}×')}"
+                     "batch": batch, "p": p})
+        logs.append(np.log(ratio))
+        ps.append(p)
+    # every pair must go the same way (an intersection-union test: its p is the largest of theirs)
+    same = bool(logs) and (all(v > 0 for v in logs) or all(v < 0 for v in logs))
+    direction = float(np.mean(logs)) if logs else np.nan
+    p = (max(ps) if same else 1.0) if ps and len(ps) == len(rows) else np.nan
+    return rows, direction, p, np.nan, f"speed-up {_values(rows, '{:.2f}×')}"
 
 
-def _storage(part: Part, pairs, tasks) -> tuple[list[dict], str, str]:
-    rows, calls = [], []
+def _storage(part: Part, pairs, tasks) -> tuple[list[dict], float, float, float, str]:
+    """Exact counts: no sampling, so p is 0 where every pair goes the same way, 1 where not."""
+    rows, signs = [], []
     for ra, rb in pairs:
         a, b = ra.get(part.metric, np.nan), rb.get(part.metric, np.nan)
         if pd.isna(a) or pd.isna(b):
             rows.append({"task": ra["task"], "seeds": 1, "value": np.nan, "lo": np.nan, "hi": np.nan,
                          "call": f"{part.convention}: not measured"})
-            calls.append("indistinguishable")
             continue
         call = "win" if a < b else "loss" if a > b else "indistinguishable"
         rows.append({"task": ra["task"], "seeds": 1, "value": a / b, "lo": np.nan, "hi": np.nan, "call": call})
-        calls.append(call)
-    verdict = "loss" if "loss" in calls else "win" if calls and all(c == "win" for c in calls) else "indistinguishable"
-    return rows, verdict, f"{part.convention}: A/B {_values(rows, '{:.2f}')}"
+        signs.append(np.sign(b - a))  # fewer stored parameters is better
+    measured = bool(signs) and len(signs) == len(rows)
+    same = measured and (all(v > 0 for v in signs) or all(v < 0 for v in signs))
+    direction = float(np.mean(signs)) if signs else np.nan
+    p = (0.0 if same else 1.0) if measured else np.nan
+    return rows, direction, p, np.nan, f"{part.convention}: A/B {_values(rows, '{:.2f}')}"
 
 
 def _values(rows: list[dict], fmt: str) -> str:
@@ -237,6 +278,7 @@ def evaluate_claims(
         pear: Pear rows with their ``kc`` (``pear_section.pear_variants``); default: no kc known.
     """
     tiers = tiers or {}
+    n_seeds = int(df["seed"].nunique()) if "seed" in df and len(df) else 0
     if pear is not None and not pear.empty:
         df = df.join(pear[["share", "kc"]], how="left") if "kc" not in df else df
     collapsed = df["collapsed"].fillna("").astype(bool) if "collapsed" in df else pd.Series(False, index=df.index)
@@ -253,31 +295,57 @@ def evaluate_claims(
             names = "; ".join(dict.fromkeys(_missing(a, tiers) for a in missing))
             results.append(ClaimResult(claim, NOT_RUN, f"missing arm: {names}"))
             continue
-        evidence, calls, reasons = [], [], []
+        evidence, measured = [], []
         for part in present:
             pairs = _pairs(part.a.rows(clean, matched_alpha), part.b.rows(clean, matched_alpha))
             n_all = len(_pairs(part.a.rows(df, matched_alpha), part.b.rows(df, matched_alpha)))
             tasks = sorted({ra["task"] for ra, _ in pairs})
-            rows, call, summary = _MEASURE[part.kind](part, pairs, tasks)
+            rows, direction, p, se, summary = _MEASURE[part.kind](part, pairs, tasks)
             if len(pairs) < n_all:
                 summary += f"; {n_all - len(pairs)} of {n_all} pair(s) left out as collapsed"
-            for r in rows:
-                evidence.append({"comparison": f"{part.a.label} vs {part.b.label}", "measure": _UNITS[part.kind],
-                                 **r})
-            calls.append(call if pairs else "indistinguishable")
-            reasons.append(f"{part.kind} vs {part.b.label}: {call if pairs else 'no clean pair'} ({summary})")
+            name = f"{part.a.label} vs {part.b.label}"
+            evidence += [{"comparison": name, "measure": _UNITS[part.kind], **r} for r in rows]
+            measured.append((part, name, direction if pairs else np.nan, p if pairs else np.nan, se, summary,
+                             bool(pairs)))
+        calls, adjusted = stats.family_calls([m[2] if not np.isnan(m[2]) else 0.0 for m in measured],
+                                             [m[3] for m in measured], ALPHA)
+        family = max(1, int(np.sum(~np.isnan([m[3] for m in measured]))))
+        table, reasons = [], []
+        for (part, name, _direction, p, se, summary, any_pair), call, adj in zip(measured, calls, adjusted,
+                                                                             strict=True):
+            # the smallest difference detected with 80% power at Holm's strictest step (alpha / parts)
+            mde = (stats.Estimate(0.0, se, _df(evidence, name), 1, 0).mde(alpha=ALPHA / family)
+                   if part.kind == "accuracy" and np.isfinite(se) else np.nan)
+            table.append({"comparison": name, "kind": part.kind, "p_raw": p, "p_holm": adj, "call": call,
+                          "mde_points": mde})
+            what = call if any_pair else "no clean pair"
+            text = f"{part.kind} vs {part.b.label}: {what} ({summary}; p {_p(p)} raw, {_p(adj)} Holm"
+            if np.isfinite(mde):
+                text += f"; a difference of {mde:.1f} points or more would probably have been seen"
+            reasons.append(text + ")")
         if missing:
             reasons.append("not run: " + "; ".join(dict.fromkeys(_missing(a, tiers) for a in missing)))
         verdict = (CONTRADICTED if "loss" in calls else SUPPORTED if calls and all(c == "win" for c in calls)
                    else INCONCLUSIVE)
         results.append(ClaimResult(claim, verdict, "; ".join(reasons), pd.DataFrame(evidence),
-                                   [d for d in dropped]))
+                                   [d for d in dropped], pd.DataFrame(table), n_seeds))
     return results
 
 
 def verdict_line(result: ClaimResult) -> str:
-    """``SLS-1 — supported: ...`` (one line for the intro page)."""
-    return f"{result.claim.id} — {result.verdict}: {result.claim.text}"
+    """``SLS-1 — supported: ...`` (one line for the intro page), with the one-seed caveat where it applies."""
+    caveat = f" ({result.caveat})" if result.caveat else ""
+    return f"{result.claim.id} — {result.verdict}{caveat}: {result.claim.text}"
+
+
+def _p(p: float) -> str:
+    return "n/a" if p is None or np.isnan(p) else f"{p:.3g}" if p >= 1e-3 else "<0.001"
+
+
+def _df(evidence: list[dict], name: str) -> float:
+    """The Satterthwaite degrees of freedom of a part's all-tasks row (its MDE's t quantiles)."""
+    rows = [r for r in evidence if r["comparison"] == name and r.get("task") == "all tasks" and "df" in r]
+    return float(rows[-1]["df"]) if rows else np.inf
 
 
 def claim_figure(result: ClaimResult):
