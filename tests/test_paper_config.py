@@ -287,3 +287,55 @@ def test_slurm_profile_resources_are_what_the_plugin_reads():
     assert set_gres_string(job).strip() == "--gpus=1"
     job = SimpleNamespace(resources=Resources(PAPER["resources"]["data"]))
     assert set_gres_string(job) == ""
+
+
+# ------------------------------------------------------------------------------------------------
+# paper-lite.yaml: the affordable paper tier (issue 28, book/cost.md)
+
+LITE = yaml.safe_load((ROOT / "workflow/config/paper-lite.yaml").read_text())
+VTAB_GROUPS = {
+    "natural": ["cifar", "caltech101", "dtd", "oxford_flowers102", "oxford_iiit_pet", "svhn", "sun397"],
+    "specialized": ["patch_camelyon", "eurosat", "resisc45", "diabetic_retinopathy"],
+    "structured": ["clevr_count", "clevr_dist", "dmlab", "kitti", "dsprites_loc", "dsprites_ori",
+                   "smallnorb_azi", "smallnorb_ele"],
+}
+
+
+def test_paper_lite_is_paper_on_six_tasks_with_every_claim_arm():
+    import jsonschema
+
+    from petlprune.report.claim_defs import CLAIMS
+
+    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+    jsonschema.Draft202012Validator(schema).validate(LITE)
+    tasks = LITE["data"]["tasks"]
+    assert len(tasks) == 6 and all(sum(t in g for t in tasks) == 2 for g in VTAB_GROUPS.values())
+    assert LITE["data"]["num_classes"] == {t: VTAB_CLASSES[t] for t in tasks}
+    for key in ("backbone", "petl", "finetune", "retrain", "seeds", "resources", "measure", "matched_alpha"):
+        assert LITE[key] == PAPER[key], f"paper-lite's {key} differs from paper.yaml's"
+    ran = {opts.get("method", name) for name, opts in LITE["methods"].items()}
+    assert sorted(set(METHOD_MODULES) - ran) == [], "every registered method"
+    missing = [f"{c.id}: {p.a.label} / {p.b.label}" for c in CLAIMS for p in c.parts
+               if not (p.a.in_tier(LITE) and p.b.in_tier(LITE))]
+    assert missing == [], f"claim arms paper-lite does not run: {missing}"
+    depth = {"random", "block_influence", "angular", "taylor_layer", "sglp"}
+    assert all({"matched", "d6"} <= set(LITE["budgets"][m]) for m in depth)
+    assert "d12" in LITE["budgets"]["last_k"] and "d12" in LITE["budgets"]["splora_unpruned"]  # the controls
+
+
+@pytest.mark.slow
+def test_paper_lite_dry_run_on_the_fake_vtab_tree(fake_vtab, tmp_path):
+    cfg = dict(LITE, results=str(tmp_path / "results-lite"))
+    cfg["data"] = {**LITE["data"], "root": str(fake_vtab), "manifest": str(fake_vtab / "SHA256SUMS")}
+    path = tmp_path / "paper-lite.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", str(path),
+                           "--profile", "workflow/profiles/slurm", "--quiet", "rules"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    seconds = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout, flags=re.M))
+    runs, prunes = expected_runs_and_prunes(LITE)
+    assert int(counts["data"]) == 6 and int(counts["finetune"]) == runs and int(counts["prune"]) == prunes
+    print(f"paper-lite DAG: {counts['total']} jobs, dry run {seconds:.1f}s")
