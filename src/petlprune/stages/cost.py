@@ -33,7 +33,7 @@ from petlprune.stages._args import positive_int
 __all__ = ["add_arguments", "run", "RuleCost", "dry_run", "parse_dry_run", "parse_jobs", "rule_costs", "format_costs",
            "flops_estimate", "format_estimate"]
 
-_JOB_RE = re.compile(r"^(local)?rule (\w+):\s*$")
+_JOB_RE = re.compile(r"^\s*(local)?rule (\w+):\s*$")
 _RES_RE = re.compile(r"^\s+resources: (.*)$")
 _WC_RE = re.compile(r"^\s+wildcards: (.*)$")
 _OUT_RE = re.compile(r"^\s+output: (.*)$")
