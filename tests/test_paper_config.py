@@ -289,6 +289,39 @@ def test_slurm_profile_resources_are_what_the_plugin_reads():
     assert set_gres_string(job) == ""
 
 
+def test_slurm_profile_packs_each_runs_gpu_jobs_into_groups(tmp_path):
+    """The dry run with the profile (groups are inactive in local runs): features, scores, prunes and
+    measure jobs never go alone; one packed `retrain` job holds the prunes of `group-components` runs."""
+    cfg = yaml.safe_load((ROOT / "workflow/config/smoke.yaml").read_text())
+    cfg["results"] = str(tmp_path / "results")
+    path = tmp_path / "smoke.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", str(path), "--profile",
+                           "workflow/profiles/slurm", "--cores", "2"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = proc.stdout + proc.stderr
+    alone = set(re.findall(r"^rule (\w+):$", text, flags=re.M))
+    assert not alone & {"features", "score", "prune"} and not any(r.startswith("measure_") for r in alone)
+    blocks = re.split(r"^\[[^\]]*\] Group job (\w+) \(jobs in lexicogr\. order\):$", text, flags=re.M)
+    groups = list(zip(blocks[1::2], blocks[2::2], strict=True))
+    packing = dict(g.split("=") for g in yaml.safe_load((ROOT / "workflow/profiles/slurm/config.yaml").read_text())
+                   ["group-components"])
+    runs_of = {}
+    for name, body in groups:
+        body = body.split("\n[", 1)[0]  # up to the next top-level job
+        members = set(re.findall(r"^\s+rule (\w+):$", body, flags=re.M))
+        runs = set(re.findall(r"wildcards: task=(\w+), petl=(\w+), seed=(\d+)", body))
+        assert members <= ({"features", "score"} if name == "score" else {"prune"} | {m for m in members
+                                                                                     if m.startswith("measure_")})
+        assert 1 <= len(runs) <= int(packing[name])
+        runs_of.setdefault(name, []).append(runs)
+    n_runs = len(set(re.findall(r"wildcards: task=(\w+), petl=(\w+), seed=(\d+)\n", text)))
+    for name in ("score", "retrain"):
+        assert sum(len(r) for r in runs_of[name]) >= 2 and max(len(r) for r in runs_of[name]) == int(packing[name])
+    assert n_runs >= 2
+
+
 # ------------------------------------------------------------------------------------------------
 # paper-lite.yaml: the affordable paper tier (issue 28, book/cost.md)
 
