@@ -194,3 +194,21 @@ def test_cost_prints_the_estimate_beside_the_bound_on_smoke(tmp_path, capsys):
     counts = _dry_run_counts(ROOT / "workflow/config/smoke.yaml")
     assert model["finetune"]["jobs"] == counts["finetune"] and model["prune"]["jobs"] == counts["prune"]
     assert "data" not in model and model["prune"]["seconds"] > 0
+
+
+def test_the_gpu_checks_rates_replace_the_assumption_for_its_gpu_kind(tmp_path):
+    import argparse
+
+    from petlprune.stages.cost import _rates
+
+    doc = {"gpu": "NVIDIA H100 80GB HBM3", "throughput": [{"measurement": "train bf16, ViT-B/16 + adapter",
+                                                           "batch": 64, "images_per_s": 2000.0}]}
+    args = argparse.Namespace(rates=None, gpu="h100", mfu=0.35, snakefile=tmp_path / "Snakefile")
+    assert _rates(args, doc).source.startswith("measured")
+    args.gpu = "a100"  # measured on another kind: the assumption, not the H100's figures
+    assert _rates(args, doc).source.startswith("assumed") and _rates(args, None).source.startswith("assumed")
+    found = tmp_path / "results/benchmarks-suite/gpu_check.json"
+    found.parent.mkdir(parents=True)
+    found.write_text(json.dumps(doc))  # where gpu_check.sh writes: found without --gpu-check
+    args.gpu = "h100"
+    assert _rates(args, None).source.startswith("measured")

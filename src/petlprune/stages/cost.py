@@ -278,14 +278,24 @@ def format_estimate(rows: list[RuleEstimate], rates: Rates, fixed: FixedCost, gp
     return "\n".join(lines)
 
 
+GPU_CHECK_JSON = Path("results/benchmarks-suite/gpu_check.json")  # where `sh benchmarks/gpu_check.sh` writes
+
+
 def _rates(args: argparse.Namespace, gpu_check: dict | None) -> Rates:
-    """Measured rates first (--rates, then the GPU check's JSON for a GPU kind), else peak x MFU."""
+    """Measured rates first (--rates; the GPU check's JSON, --gpu-check or else the one gpu_check.sh wrote
+    next to the Snakefile, when its GPU is of the kind asked), else peak x MFU."""
     if args.rates is not None:
         return costmodel.read_rates_file(args.rates)
     if args.gpu == "cpu":
         raise SystemExit("petlprune cost: --gpu cpu needs --rates FILE (benchmarks/roofline.py's JSON)")
-    measured = costmodel.rates_from_gpu_check(gpu_check) if gpu_check else None
-    return measured or costmodel.rates_for(args.gpu, args.mfu)
+    found = args.snakefile.resolve().parent / GPU_CHECK_JSON
+    if gpu_check is None and found.is_file():
+        gpu_check = json.loads(found.read_text())
+    if gpu_check and args.gpu in str(gpu_check.get("gpu", "")).lower():
+        measured = costmodel.rates_from_gpu_check(gpu_check)
+        if measured is not None:
+            return measured
+    return costmodel.rates_for(args.gpu, args.mfu)
 
 
 def run(args: argparse.Namespace) -> None:
