@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PEAK_BF16", "DEFAULT_MFU", "VTAB_TEST_IMAGES", "Rates", "FixedCost", "flops_per_image",
-           "rates_for", "read_rates_file", "rates_from_gpu_check"]
+__all__ = ["PEAK_BF16", "DEFAULT_MFU", "VTAB_TEST_IMAGES", "Rates", "FixedCost", "JobCost", "Study",
+           "flops_per_image", "rates_for", "read_rates_file", "rates_from_gpu_check", "describe"]
 
 # Dense bf16 tensor-core peak, TFLOP/s (vendor data sheets: A100 SXM 312, H100 SXM 989, H200 989,
 # L40S 362; the sparsity figures are twice these and never reached by a ViT's dense GEMMs).
@@ -55,9 +55,10 @@ class Rates:
 class FixedCost:
     """The per-job cost that does not scale with FLOPs (seconds; bytes per second).
 
-    Defaults: measured on this repository's CPU machine (book/cost.md, "Fixed cost": ``python -c
-    'import petlprune.train'`` plus CUDA's initialisation on a GPU node), and a read rate typical of a
-    cluster's shared file system (1 GB/s). Each is an option of ``petlprune cost``.
+    Defaults (book/cost.md, "The model"): 8 s of start-up, from a cold ``import petlprune.train, timm,
+    torch`` measured here (4 CPU-seconds, 12 s wall on the shared machine) plus CUDA's initialisation on
+    a GPU node; a read rate typical of a cluster's shared file system (1 GB/s). Each is an option of
+    ``petlprune cost``.
     """
 
     startup_s: float = 8.0
@@ -160,8 +161,6 @@ def describe(rates: Rates, fixed: FixedCost) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------
 # One job of the DAG: its images, epochs and model, read from the study's config and its wildcards.
-
-
 
 
 @dataclass(frozen=True)
