@@ -247,3 +247,88 @@ def test_slurm_profile_resources_are_what_the_plugin_reads():
     assert set_gres_string(job).strip() == "--gpus=1"
     job = SimpleNamespace(resources=Resources(PAPER["resources"]["data"]))
     assert set_gres_string(job) == ""
+
+
+def test_slurm_profile_packs_each_runs_gpu_jobs_into_groups(tmp_path):
+    """The dry run with the profile (groups are inactive in local runs): features, scores, prunes and
+    measure jobs never go alone; one packed `retrain` job holds the prunes of `group-components` runs."""
+    cfg = yaml.safe_load((ROOT / "workflow/config/smoke.yaml").read_text())
+    cfg["results"] = str(tmp_path / "results")
+    path = tmp_path / "smoke.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", str(path), "--profile",
+                           "workflow/profiles/slurm", "--cores", "2"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = proc.stdout + proc.stderr
+    alone = set(re.findall(r"^rule (\w+):$", text, flags=re.M))
+    assert not alone & {"features", "score", "prune"} and not any(r.startswith("measure_") for r in alone)
+    blocks = re.split(r"^\[[^\]]*\] Group job (\w+) \(jobs in lexicogr\. order\):$", text, flags=re.M)
+    groups = list(zip(blocks[1::2], blocks[2::2], strict=True))
+    packing = dict(g.split("=") for g in yaml.safe_load((ROOT / "workflow/profiles/slurm/config.yaml").read_text())
+                   ["group-components"])
+    runs_of = {}
+    for name, body in groups:
+        body = body.split("\n[", 1)[0]  # up to the next top-level job
+        members = set(re.findall(r"^\s+rule (\w+):$", body, flags=re.M))
+        runs = set(re.findall(r"wildcards: task=(\w+), petl=(\w+), seed=(\d+)", body))
+        assert members <= ({"features", "score"} if name == "score" else {"prune"} | {m for m in members
+                                                                                     if m.startswith("measure_")})
+        assert 1 <= len(runs) <= int(packing[name])
+        runs_of.setdefault(name, []).append(runs)
+    n_runs = len(set(re.findall(r"wildcards: task=(\w+), petl=(\w+), seed=(\d+)\n", text)))
+    for name in ("score", "retrain"):
+        assert sum(len(r) for r in runs_of[name]) >= 2 and max(len(r) for r in runs_of[name]) == int(packing[name])
+    assert n_runs >= 2
+
+
+# ------------------------------------------------------------------------------------------------
+# paper-lite.yaml: the affordable paper tier (issue 28, book/cost.md)
+
+LITE = yaml.safe_load((ROOT / "workflow/config/paper-lite.yaml").read_text())
+VTAB_GROUPS = {
+    "natural": ["cifar", "caltech101", "dtd", "oxford_flowers102", "oxford_iiit_pet", "svhn", "sun397"],
+    "specialized": ["patch_camelyon", "eurosat", "resisc45", "diabetic_retinopathy"],
+    "structured": ["clevr_count", "clevr_dist", "dmlab", "kitti", "dsprites_loc", "dsprites_ori",
+                   "smallnorb_azi", "smallnorb_ele"],
+}
+
+
+def test_paper_lite_is_paper_on_six_tasks_with_every_claim_arm():
+    import jsonschema
+
+    from petlprune.report.claim_defs import CLAIMS
+
+    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+    jsonschema.Draft202012Validator(schema).validate(LITE)
+    tasks = LITE["data"]["tasks"]
+    assert len(tasks) == 6 and all(sum(t in g for t in tasks) == 2 for g in VTAB_GROUPS.values())
+    assert LITE["data"]["num_classes"] == {t: VTAB_CLASSES[t] for t in tasks}
+    for key in ("backbone", "petl", "finetune", "retrain", "seeds", "resources", "measure", "matched_alpha"):
+        assert LITE[key] == PAPER[key], f"paper-lite's {key} differs from paper.yaml's"
+    ran = {opts.get("method", name) for name, opts in LITE["methods"].items()}
+    assert sorted(set(METHOD_MODULES) - ran) == [], "every registered method"
+    missing = [f"{c.id}: {p.a.label} / {p.b.label}" for c in CLAIMS for p in c.parts
+               if not (p.a.in_tier(LITE) and p.b.in_tier(LITE))]
+    assert missing == [], f"claim arms paper-lite does not run: {missing}"
+    depth = {"random", "block_influence", "angular", "taylor_layer", "sglp"}
+    assert all({"matched", "d6"} <= set(LITE["budgets"][m]) for m in depth)
+    assert "d12" in LITE["budgets"]["last_k"] and "d12" in LITE["budgets"]["splora_unpruned"]  # the controls
+
+
+@pytest.mark.slow
+def test_paper_lite_dry_run_on_the_fake_vtab_tree(fake_vtab, tmp_path):
+    cfg = dict(LITE, results=str(tmp_path / "results-lite"))
+    cfg["data"] = {**LITE["data"], "root": str(fake_vtab), "manifest": str(fake_vtab / "SHA256SUMS")}
+    path = tmp_path / "paper-lite.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", str(path),
+                           "--profile", "workflow/profiles/slurm", "--quiet", "rules"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    seconds = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout, flags=re.M))
+    runs, prunes = expected_runs_and_prunes(LITE)
+    assert int(counts["data"]) == 6 and int(counts["finetune"]) == runs and int(counts["prune"]) == prunes
+    print(f"paper-lite DAG: {counts['total']} jobs, dry run {seconds:.1f}s")

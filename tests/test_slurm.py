@@ -6,8 +6,12 @@ that cluster it skips and says why. One module-scoped run does the work, the tes
 
 * a copy of smoke.yaml (one task, its own results dir, per-rule ``resources:`` so that CPUs and
   memory differ between rules and from Slurm's defaults) runs with ``--profile workflow/profiles/slurm``;
-* mid-run, a running ``finetune`` job is cancelled with ``scancel``: the profile's ``retries: 1``
-  must resubmit it, and every output finished before the cancel must stay untouched;
+* the profile packs a run's GPU jobs into job groups (``score``: features + scores; ``retrain``: prunes +
+  measure; ``group-components`` several runs per submission): the submissions are those of the dry
+  run's group jobs plus its ungrouped non-local jobs, fewer than one per job (book/cost.md);
+* mid-run, a running ``retrain`` group job is cancelled with ``scancel``: the profile's ``retries: 1``
+  must resubmit it, and every output finished before the cancel outside pruned models (a retried group
+  runs all its members again: Snakemake forces a group's jobs on the node) must stay untouched;
 * the same config runs locally (``--cores 2``, up to the measured models) for a job-by-job comparison.
 
 Polling is shortened (the plugin's ``--slurm-init-seconds-before-status-checks``, Snakemake's
@@ -37,6 +41,10 @@ PROFILE = ROOT / "workflow/profiles/slurm"
 CLUSTER = os.environ.get("PETLPRUNE_SLURM_CLUSTER", "petlprune")  # as local-cluster.sh names it
 RESULTS = "results-slurm-test"
 POLL = ["--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2"]
+# The node's CPUs: bounds a packed group's threads (the smoke tier asks for no GPU, the profile's
+# per-submission limit), and the run's threads at once on this one-node cluster.
+CORES = ["--cores", "2"]
+GROUPS = ("score", "retrain")  # the `group:` names of workflow/rules/prune.smk and measure.smk
 TIMEOUT = 3600
 
 # CPUs and memory per rule family, unlike each other and unlike Slurm's defaults (1 CPU, no --mem).
@@ -104,9 +112,24 @@ def _local_rules() -> set[str]:
 
 
 def _rule(comment: str) -> str:
-    """The plugin's --comment: rule_<rule>_wildcards_<values> (sacct shows it: job_comment)."""
+    """The plugin's --comment: rule_<rule>_wildcards_<values> (sacct shows it: job_comment); a group job's
+    is rule_<group>_<its rules, sorted>[_wildcards_...], returned as ``group:<group>``."""
     assert comment.startswith("rule_"), f"not a Snakemake job comment: {comment!r}"
-    return comment[len("rule_"):].split("_wildcards_")[0]
+    name = comment[len("rule_"):].split("_wildcards_")[0]
+    for group in GROUPS:
+        if name.startswith(group + "_"):
+            return f"group:{group}"
+    return name
+
+
+def _submissions(dry_run: str, local_rules: set[str]) -> tuple[collections.Counter, collections.Counter]:
+    """(sbatch submissions the run must make: ungrouped non-local jobs by rule and group jobs as
+    ``group:<name>``; the grouped jobs by rule) from a dry run with the profile."""
+    ungrouped = collections.Counter(r for r in re.findall(r"^(?:local)?rule (\w+):$", dry_run, flags=re.M)
+                                    if r not in local_rules)
+    groups = collections.Counter(f"group:{g}" for g in re.findall(r"Group job (\w+) \(jobs", dry_run))
+    members = collections.Counter(re.findall(r"^\s+rule (\w+):$", dry_run, flags=re.M))
+    return ungrouped + groups, members
 
 
 def _incomplete(workdir: Path) -> set[str]:
@@ -142,8 +165,8 @@ def _wait_for_run_id(log: Path, proc: subprocess.Popen) -> str:
     raise AssertionError(f"no SLURM run ID in the snakemake log:\n{log.read_text()[-3000:]}")
 
 
-def _cancel_a_running_finetune(workdir: Path, run_id: str, proc: subprocess.Popen) -> dict:
-    """scancel the first finetune job seen running; the finished outputs at that moment."""
+def _cancel_a_running_group(workdir: Path, run_id: str, proc: subprocess.Popen) -> dict:
+    """scancel the first ``retrain`` group job seen running; the finished outputs at that moment."""
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline and proc.poll() is None:
         # squeue, not sacct: the accounting database gets a job's comment only when the job ends
@@ -151,14 +174,14 @@ def _cancel_a_running_finetune(workdir: Path, run_id: str, proc: subprocess.Pope
                                capture_output=True, text=True, check=True).stdout
         running = [dict(zip(("JobID", "Comment"), line.split("|", 1), strict=True))
                    for line in queue.splitlines() if line]
-        running = [j for j in running if _rule(j["Comment"]) == "finetune"]
+        running = [j for j in running if _rule(j["Comment"]) == "group:retrain"]
         if running:
             time.sleep(3)  # well inside the job: its Snakemake has started the command
             finished = _finished(workdir)
             subprocess.run(["scancel", running[0]["JobID"]], check=True)
             return {"job": running[0], "finished": finished}
         time.sleep(1)
-    raise AssertionError("the run ended before a finetune job was seen running")
+    raise AssertionError("the run ended before a retrain group job was seen running")
 
 
 @pytest.fixture(scope="module")
@@ -169,14 +192,18 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     t0 = time.perf_counter()
 
     # The jobs the run must submit: every job of the dry run but those of the Snakefile's localrules.
-    dry = subprocess.run(_snakemake(slurm_dir, "-n", "--profile", str(PROFILE)),
+    dry = subprocess.run(_snakemake(slurm_dir, "-n", "--profile", str(PROFILE), *CORES),
                          capture_output=True, text=True, timeout=600)
     assert dry.returncode == 0, dry.stderr[-3000:]
-    jobs = collections.Counter(re.findall(r"^(?:local)?rule (\w+):$", dry.stdout + dry.stderr, flags=re.M))
+    text = dry.stdout + dry.stderr
     local_rules = _local_rules()
-    assert {"book", "plan"} <= local_rules <= set(jobs)
-    expected = collections.Counter({r: n for r, n in jobs.items() if r not in local_rules})
-    assert expected["finetune"] >= 1 and expected["prune"] >= 1
+    assert {"book", "plan"} <= local_rules <= set(re.findall(r"^(?:local)?rule (\w+):$", text, flags=re.M))
+    expected, members = _submissions(text, local_rules)
+    assert expected["finetune"] >= 1 and members["prune"] >= 2 and members["features"] >= 1
+    # packed: fewer retrain submissions than prune jobs, and fewer submissions than non-local jobs
+    assert 1 <= expected["group:retrain"] < members["prune"]
+    before = sum(expected[r] for r in expected if not r.startswith("group:")) + sum(members.values())
+    assert sum(expected.values()) < before
 
     # The local reference, up to the measured models (not the notebooks), alongside the cluster run.
     local_log = base / "local.log"
@@ -187,11 +214,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
             stdout=out, stderr=subprocess.STDOUT, text=True)
     slurm_log = base / "slurm.log"
     with slurm_log.open("w") as out:
-        slurm = subprocess.Popen(_snakemake(slurm_dir, "--profile", str(PROFILE), *POLL),
+        slurm = subprocess.Popen(_snakemake(slurm_dir, "--profile", str(PROFILE), *CORES, *POLL),
                                  stdout=out, stderr=subprocess.STDOUT, text=True)
     try:
         run_id = _wait_for_run_id(slurm_log, slurm)
-        cancel = _cancel_a_running_finetune(slurm_dir, run_id, slurm)
+        cancel = _cancel_a_running_group(slurm_dir, run_id, slurm)
         slurm_rc = slurm.wait(timeout=TIMEOUT)
         local_rc = local.wait(timeout=TIMEOUT)
     finally:
@@ -205,14 +232,15 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     for job in jobs:  # a cancelled job's record may lack its comment: the one squeue showed
         if job["JobID"] == cancel["job"]["JobID"] and not job["Comment"]:
             job["Comment"] = cancel["job"]["Comment"]
-    print(f"slurm test: {len(jobs)} sbatch jobs, both runs {seconds:.0f}s")
+    print(f"slurm test: {len(jobs)} sbatch jobs ({before} without job groups), both runs {seconds:.0f}s")
     return {"slurm": slurm_dir, "local": local_dir, "expected": expected, "jobs": jobs, "cancel": cancel,
             "log": slurm_log.read_text()}
 
 
 def test_every_non_local_job_ran_through_sbatch_once(runs):
     completed = [j for j in runs["jobs"] if j["State"] == "COMPLETED"]
-    comments = collections.Counter(j["Comment"] for j in completed)
+    # a group job's comment need not name its runs (merged wildcards), so only single jobs must differ
+    comments = collections.Counter(j["Comment"] for j in completed if not _rule(j["Comment"]).startswith("group:"))
     assert max(comments.values()) == 1, f"a rule instance completed twice: {comments.most_common(3)}"
     assert collections.Counter(_rule(j["Comment"]) for j in completed) == runs["expected"]
     others = [j for j in runs["jobs"] if j["State"] != "COMPLETED"]
@@ -223,6 +251,9 @@ def test_each_job_asked_slurm_for_its_rules_resources(runs):
     profile = yaml.safe_load((PROFILE / "config.yaml").read_text())["default-resources"]
     for job in runs["jobs"]:
         rule = _rule(job["Comment"])
+        if rule.startswith("group:"):  # members one after another or side by side, within the node's CPUs
+            assert 1 <= int(job["ReqCPUS"]) <= int(CORES[1]), f"{job['Comment']}: {job['ReqCPUS']} CPUs"
+            continue
         family = "measure" if rule.startswith("measure_") else rule
         res = {**profile, **RESOURCES["default"], **RESOURCES.get(family, {})}
         got = (int(job["ReqCPUS"]), job["ReqMem"], job["Timelimit"])
@@ -263,14 +294,16 @@ def test_metrics_equal_those_of_a_local_run_job_by_job(runs):
 
 def test_a_cancelled_job_is_retried_and_nothing_finished_is_recomputed(runs):
     victim = runs["cancel"]["job"]
-    states = [j["State"] for j in runs["jobs"] if j["Comment"] == victim["Comment"]]
-    # sacct writes "CANCELLED by <uid>"; the retry (attempt 2) carries the same rule and wildcards
-    assert sorted(s.split()[0] for s in states) == ["CANCELLED", "COMPLETED"], states
+    states = collections.Counter(j["State"].split()[0] for j in runs["jobs"] if j["Comment"] == victim["Comment"])
+    # sacct writes "CANCELLED by <uid>"; the retry (attempt 2) carries the same comment
+    assert states["CANCELLED"] == 1 and states["COMPLETED"] >= 1, states
     finished = runs["cancel"]["finished"]
-    # non-vacuous: the data and the pretrained backbone had finished when the finetune job was cancelled
-    assert any("/backbone/" in k for k in finished) and any("/data/" in k for k in finished)
+    # non-vacuous: data, backbone and fine-tunings had finished when the retrain group was cancelled
+    assert any("/backbone/" in k for k in finished) and any("/finetune/" in k for k in finished)
     now = _finished(runs["slurm"])
-    changed = [k for k, v in finished.items() if now.get(k) != v]
+    # a retried group runs its members again (pruned models, efficiency): everything else stays
+    changed = [k for k, v in finished.items() if now.get(k) != v and "/pruned/" not in k
+               and not k.endswith("/efficiency.json")]
     assert not changed, f"finished outputs rewritten or removed after the cancel: {changed[:5]}"
 
 

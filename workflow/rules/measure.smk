@@ -22,6 +22,7 @@ for _petl in ALL_PETLS:
             batch_sizes=" ".join(str(b) for b in MEASURE["batch_sizes"]),
             device=MEASURE.get("device", "cpu"),  # paper.yaml: cuda (timing on the GPU the models run on)
         threads: job_threads("measure", local_cores)
+        group: "retrain"
         resources:
             **job_resources("measure"),
         log:

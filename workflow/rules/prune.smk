@@ -11,6 +11,7 @@ rule features:
     params:
         data=lambda wc, input: os.path.dirname(input.data),
     threads: job_threads("features")
+    group: "score"  # on a cluster, with the run's scores (workflow/profiles/slurm/config.yaml)
     resources:
         **job_resources("features"),
     log:
@@ -35,6 +36,7 @@ rule score:
         method=lambda wc: base_method(wc.method),
         options=lambda wc: as_json(method_options(wc.method)),
     threads: job_threads("score")
+    group: "score"
     resources:
         **job_resources("score"),
     log:
@@ -80,6 +82,7 @@ rule prune:
         out=lambda wc, output: os.path.dirname(output.model),
         train=lambda wc: as_json(recipe("retrain", wc.petl)),
     threads: job_threads("prune")
+    group: "retrain"  # on a cluster, with the run's other prunes and its measure job
     resources:
         **job_resources("prune"),
     log:

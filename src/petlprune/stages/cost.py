@@ -26,12 +26,17 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from petlprune import costmodel
+from petlprune.costmodel import FixedCost, Rates, Study
 from petlprune.stages._args import positive_int
 
-__all__ = ["add_arguments", "run", "RuleCost", "dry_run", "parse_dry_run", "rule_costs", "format_costs"]
+__all__ = ["add_arguments", "run", "RuleCost", "dry_run", "parse_dry_run", "parse_jobs", "rule_costs", "format_costs",
+           "flops_estimate", "format_estimate"]
 
-_JOB_RE = re.compile(r"^(local)?rule (\w+):\s*$")
+_JOB_RE = re.compile(r"^\s*(local)?rule (\w+):\s*$")
 _RES_RE = re.compile(r"^\s+resources: (.*)$")
+_WC_RE = re.compile(r"^\s+wildcards: (.*)$")
+_OUT_RE = re.compile(r"^\s+output: (.*)$")
 VTAB_LISTS = ("train800", "val200", "train800val200", "test")
 
 
@@ -62,6 +67,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Snakemake benchmark folder of an earlier run (default: {results}/benchmarks of the config)")
     parser.add_argument("--gpu-check", type=Path, default=None, help="the GPU check's JSON (benchmarks/gpu_check.py)")
     parser.add_argument("--out", type=Path, default=None, help="also write the estimate as JSON here")
+    # The FLOPs-based estimate (petlprune/costmodel.py, book/cost.md) printed beside the upper bound.
+    parser.add_argument("--gpu", default="h100", choices=[*costmodel.PEAK_BF16, "cpu"],
+                        help="device kind of the FLOPs estimate (default h100; cpu needs --rates)")
+    parser.add_argument("--mfu", type=float, default=costmodel.DEFAULT_MFU,
+                        help=f"sustained share of the bf16 peak (default {costmodel.DEFAULT_MFU})")
+    parser.add_argument("--rates", type=Path, default=None,
+                        help="measured rates JSON (benchmarks/roofline.py's format): replaces peak x MFU")
+    parser.add_argument("--startup-s", type=float, default=FixedCost.startup_s,
+                        help=f"fixed seconds per job: start-up, imports, CUDA (default {FixedCost.startup_s:g})")
+    parser.add_argument("--read-gbps", type=float, default=FixedCost.read_bytes_per_s / 1e9,
+                        help="data and backbone read rate, GB/s (default 1)")
 
 
 def _stub_config(configfile: Path, tmp: Path) -> Path:
@@ -138,6 +154,25 @@ def parse_dry_run(text: str) -> tuple[dict[str, int], dict[str, dict[str, float]
     return counts, resources
 
 
+def parse_jobs(text: str) -> list[tuple[str, dict[str, str], int]]:
+    """(rule, wildcards, number of outputs) of every job block of the dry run."""
+    jobs: list[tuple[str, dict[str, str], int]] = []
+    for line in text.rsplit("Job stats:", 1)[0].splitlines():
+        m = _JOB_RE.match(line)
+        if m:
+            jobs.append((m.group(2), {}, 0))
+            continue
+        if not jobs:
+            continue
+        m = _WC_RE.match(line)
+        if m:
+            jobs[-1][1].update(dict(kv.split("=", 1) for kv in m.group(1).split(", ") if "=" in kv))
+        m = _OUT_RE.match(line)
+        if m:
+            jobs[-1] = (jobs[-1][0], jobs[-1][1], len(m.group(1).split(", ")))
+    return jobs
+
+
 def _benchmark_seconds(folder: Path | None, rule: str) -> tuple[float, int] | None:
     """Median wall seconds of a rule's benchmark files (measure_{petl} rules share measure/)."""
     if folder is None:
@@ -188,6 +223,81 @@ def format_costs(costs: list[RuleCost], gpus: list[int]) -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class RuleEstimate:
+    """A rule's FLOPs-based job-seconds beside its upper bound (jobs x the runtime each requests)."""
+
+    rule: str
+    jobs: int
+    gpus: float
+    flops: float
+    seconds: float  # FLOPs model, summed over the rule's jobs
+    upper: float | None  # requested runtime x jobs; None for local rules
+
+    def gpu_hours(self, seconds: float | None) -> float:
+        return (seconds or 0.0) * max(self.gpus, 1.0 if self.gpus else 0.0) / 3600
+
+
+def flops_estimate(jobs: list[tuple[str, dict[str, str], int]], resources: dict[str, dict[str, float]],
+                   study: Study, rates: Rates, fixed: FixedCost) -> list[RuleEstimate]:
+    """Every rule the FLOPs model covers (petlprune/costmodel.py: Study.job), summed over its jobs."""
+    out: dict[str, RuleEstimate] = {}
+    for rule, wc, n_out in jobs:
+        cost = study.job(rule, wc, n_out, rates, fixed)
+        if cost is None:
+            continue
+        res = resources.get(rule, {})
+        upper = res["runtime"] * 60 if "runtime" in res and not res.get("local") else None
+        est = out.setdefault(rule, RuleEstimate(rule, 0, res.get("gpu", 0.0), 0.0, 0.0, 0.0 if upper else None))
+        est.jobs += 1
+        est.flops += cost.flops
+        est.seconds += cost.seconds
+        if upper is not None:
+            est.upper = (est.upper or 0.0) + upper
+    return list(out.values())
+
+
+def format_estimate(rows: list[RuleEstimate], rates: Rates, fixed: FixedCost, gpus: list[int]) -> str:
+    """The FLOPs estimate per rule and in total, the upper bound beside it, the assumptions named."""
+    unit = "GPU-h" if any(r.gpus for r in rows) else "job-h"
+    lines = ["FLOPs-based estimate (petlprune/costmodel.py; book/cost.md) beside the upper bound (requested runtime):",
+             *[f"  {a}" for a in costmodel.describe(rates, fixed)],
+             "  pruned models at budgets other than dK are counted at full depth (an upper bound)",
+             f"{'rule':<18}{'jobs':>7}{'PFLOP':>11}{'s/job':>9}{unit + ' est.':>12}{unit + ' bound':>13}{'bound/est':>10}",
+             "-" * 80]
+    for r in rows:
+        est, bound = r.gpu_hours(r.seconds), r.gpu_hours(r.upper)
+        ratio = f"{bound / est:.0f}x" if r.upper and est else "-"
+        lines.append(f"{r.rule:<18}{r.jobs:>7}{r.flops / 1e15:>11.1f}{r.seconds / r.jobs:>9.1f}{est:>12.1f}"
+                     f"{bound if r.upper is not None else float('nan'):>13.1f}{ratio:>10}")
+    est, bound = sum(r.gpu_hours(r.seconds) for r in rows), sum(r.gpu_hours(r.upper) for r in rows)
+    lines += ["-" * 80, f"{'total':<18}{sum(r.jobs for r in rows):>7}{sum(r.flops for r in rows) / 1e15:>11.1f}"
+              f"{'':>9}{est:>12.1f}{bound:>13.1f}",
+              f"estimate {est:,.1f} {unit} ({est / 24:,.2f} days of one device); upper bound {bound:,.0f} {unit}"]
+    lines += [f"  on {n} device(s): >= {est / n:,.2f} h estimated, <= {bound / n:,.0f} h bound" for n in gpus]
+    return "\n".join(lines)
+
+
+GPU_CHECK_JSON = Path("results/benchmarks-suite/gpu_check.json")  # where `sh benchmarks/gpu_check.sh` writes
+
+
+def _rates(args: argparse.Namespace, gpu_check: dict | None) -> Rates:
+    """Measured rates first (--rates; the GPU check's JSON, --gpu-check or else the one gpu_check.sh wrote
+    next to the Snakefile, when its GPU is of the kind asked), else peak x MFU."""
+    if args.rates is not None:
+        return costmodel.read_rates_file(args.rates)
+    if args.gpu == "cpu":
+        raise SystemExit("petlprune cost: --gpu cpu needs --rates FILE (benchmarks/roofline.py's JSON)")
+    found = args.snakefile.resolve().parent / GPU_CHECK_JSON
+    if gpu_check is None and found.is_file():
+        gpu_check = json.loads(found.read_text())
+    if gpu_check and args.gpu in str(gpu_check.get("gpu", "")).lower():
+        measured = costmodel.rates_from_gpu_check(gpu_check)
+        if measured is not None:
+            return measured
+    return costmodel.rates_for(args.gpu, args.mfu)
+
+
 def run(args: argparse.Namespace) -> None:
     import yaml
 
@@ -200,10 +310,16 @@ def run(args: argparse.Namespace) -> None:
         results = yaml.safe_load(args.configfile.read_text()).get("results", "results")
         benchmarks = args.snakefile.resolve().parent / results / "benchmarks"
     gpu_check = json.loads(args.gpu_check.read_text()) if args.gpu_check else None
-    counts, resources = parse_dry_run(dry_run(args.configfile, args.snakefile))
+    text = dry_run(args.configfile, args.snakefile)
+    counts, resources = parse_dry_run(text)
     costs = rule_costs(counts, resources, benchmarks if benchmarks.is_dir() else None, gpu_check)
     print(f"cost of {args.configfile} (dry run: {sum(counts.values())} jobs)")
     print(format_costs(costs, args.gpus))
+    rates, fixed = _rates(args, gpu_check), FixedCost(args.startup_s, args.read_gbps * 1e9)
+    study = Study(yaml.safe_load(args.configfile.read_text()), Path.home() / ".cache/petlprune/flops.json")
+    estimate = flops_estimate(parse_jobs(text), resources, study, rates, fixed)
+    print()
+    print(format_estimate(estimate, rates, fixed, args.gpus))
     if args.out is not None:
         from petlprune.io import atomic_write_json
 
@@ -211,4 +327,6 @@ def run(args: argparse.Namespace) -> None:
         atomic_write_json(args.out, {
             "configfile": str(args.configfile), "rules": [c.__dict__ | {"gpu_hours": c.gpu_hours} for c in costs],
             "gpu_hours": total, "wall_hours": {str(n): total / n for n in args.gpus},
+            "flops_model": {"rates": rates.__dict__, "fixed": fixed.__dict__,
+                            "rules": [r.__dict__ for r in estimate]},
         })
