@@ -60,3 +60,38 @@ def write_colour_task(task, n: int = 75):
                         "train800val200": np.arange(45), "test": np.arange(45, n)},
                        ["r", "g", "b"], {"seed": 0, "kind": "embedded", "description": "test colours"})
     return task
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def smoke_study(tmp_path_factory: pytest.TempPathFactory):
+    """ONE run of the whole DAG on the smoke tier for the test session, in a scratch copy of the
+    workflow's inputs; yields ``(workdir, completed process)``. tests/test_workflow_smoke.py checks the
+    run and its results, tests/test_book_browser.py the book it built: a second run would double the
+    longest part of the suite.
+
+    ``PETLPRUNE_SMOKE_WORKDIR`` names a folder where this has already run (its book built): the tests
+    then read it instead of running again (for a person iterating on the report).
+    """
+    import shutil
+
+    reuse = os.environ.get("PETLPRUNE_SMOKE_WORKDIR")
+    if reuse:
+        yield Path(reuse), subprocess.CompletedProcess([], 0, "", "")
+        return
+    workdir = tmp_path_factory.mktemp("smoke")
+    shutil.copytree(ROOT / "notebooks", workdir / "notebooks")
+    shutil.copytree(ROOT / "book", workdir / "book", ignore=shutil.ignore_patterns("_build", "generated"))
+    yield workdir, smoke_snakemake(workdir, "--cores", "2")
+
+
+def smoke_snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    """``snakemake`` on the smoke config, run in ``workdir`` with this checkout's Snakefile."""
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
+         "--configfile", str(ROOT / "workflow/config/smoke.yaml"), *args],
+        capture_output=True, text=True, timeout=1500,
+    )
+
