@@ -102,6 +102,7 @@ def accuracy_vs(
     ax.set_xlabel(label)
     ax.set_ylabel("top-1 (%)" if metric == "top1" else metric)
     ax.grid(alpha=0.3)
+    ax.margins(x=0.1, y=0.1)  # room for the labels at the edges
     ax._petlprune_labels = (texts, tx, ty)  # spread once the whole figure is laid out
     return ax
 
@@ -213,6 +214,6 @@ def depth_bars(agg: pd.DataFrame, budgets: Sequence[str] | None = None) -> Figur
                   rotation=60 if len(rows) > 4 else 0, ha="right" if len(rows) > 4 else "center",
                   rotation_mode="anchor")
     ax.set_ylabel("blocks kept")
-    ax.legend(ncols=min(4, len(tasks) + 1), loc="lower left")
+    ax.legend(ncols=min(4, len(tasks) + 1), loc="lower left", bbox_to_anchor=(0.0, 1.0), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     return fig
