@@ -416,17 +416,30 @@ def split_tables(df: pd.DataFrame, by: Sequence[str] = ("PETL", "petl")) -> list
             for value, part in df.groupby(col, sort=False)]
 
 
+# A number with its interval or spread, ``74.0 [60.4, 84.1]`` / ``1,846 ± 12`` / ``74.0 †``: kept on one
+# line in the page (non-breaking spaces), so a table may wrap its text cells but never a number.
+_NUMBER = re.compile(r"([-+]?[\d,.]+)( \[[-+]?[\d,.]+, [-+]?[\d,.]+\]| ± [\d,.]+)?( " + COLLAPSED_MARK + ")?")
+
+
+def _unbreakable(cell: object) -> object:
+    if not isinstance(cell, str):
+        return cell
+    return _NUMBER.sub(lambda m: m[0].replace(" ", "\u00a0") if m[2] or m[3] else m[0], cell)
+
+
 def to_markdown(df: pd.DataFrame, split: bool = True) -> str:
     """Markdown table(s) (rendered by myst-nb with ``nb_render_markdown_format: myst``).
 
     With ``split``, a table with several PETLs becomes one table per PETL under a bold heading
     (:func:`split_tables`); ``df.attrs["caption"]`` (what the cells are, with their unit) is written
-    once above each table instead of in every cell.
+    once above each table instead of in every cell. A number and its interval are joined by
+    non-breaking spaces, so the page may wrap a long text cell but never split ``74.0 [60.4, 84.1]``.
     """
     caption = df.attrs.get("caption")
     parts = []
     for title, part in split_tables(df) if split else [(None, df)]:
         if head := " · ".join(x for x in (title, caption) if x):
             parts.append(f"**{head}**")
+        part = part.map(_unbreakable) if not part.empty else part
         parts.append(part.to_markdown(index=False, disable_numparse=True))
     return "\n\n".join(parts)
