@@ -125,6 +125,9 @@ def test_every_page_of_the_smoke_book_fits_at_1280px(smoke_study) -> None:
                 page.evaluate("""() => (document.querySelector('.bd-article table')?.closest('section')
                                         || document.querySelectorAll('.bd-article h2')[0])?.scrollIntoView()""")
             page.screenshot(path=str(shots / f"{name}.png"))
+            if name in ("summary", "sls-result"):  # and the first figure, as it is drawn on the page
+                page.evaluate("() => document.querySelector('.bd-article .cell_output img')?.scrollIntoView()")
+                page.screenshot(path=str(shots / f"{name}-figure.png"))
         browser.close()
     print(f"browser check: {checked} pages, {n_tables} tables, {n_figures} figures; screenshots in {shots}")
     assert not failures, "\n".join(f"{page}:\n  " + "\n  ".join(p) for page, p in failures.items())
