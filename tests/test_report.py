@@ -353,7 +353,9 @@ def test_result_table_strings(df):
     table = report.result_table(agg)
     assert table.columns[:3].tolist() == ["method", "budget", "n"]
     md = report.to_markdown(table)
-    assert md.splitlines()[0].startswith("| method") and "± " in md
+    # a number and its spread or interval are joined by non-breaking spaces: the page never splits them
+    assert md.splitlines()[0].startswith("| method") and "\u00a0±\u00a0" in md and " ± " not in md
+    assert re.search(r"\d\u00a0\[\d+\.\d,\u00a0\d+\.\d\]", md) and not re.search(r"\d \[\d", md)
 
 
 def test_one_interval_format_everywhere():
