@@ -24,6 +24,11 @@ LAUNCH_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-backgro
                "--disable-component-update", "--disable-sync", "--no-first-run"]
 VIEWPORT = {"width": 1280, "height": 800}
 MIN_FIGURE_PX = 600
+# Known upstream faults, not the report's: jupyter-book 1.0.4 registers sphinx-thebe twice, so every
+# page declares `const THEBE_JS_URL` twice (an error even on a fresh build). Listed, not hidden: any
+# other console or page error fails the test.
+# pydata-sphinx-theme 0.17 logs "Got invalid theme mode" on a browser's first page (empty localStorage).
+KNOWN_UPSTREAM = ("Identifier 'THEBE_JS_URL' has already been declared", "Got invalid theme mode: . Resetting to auto.")
 
 pytestmark = [
     pytest.mark.slow,
@@ -76,7 +81,7 @@ def book_pages(html: Path) -> list[Path]:
     stub (jupyter-book's index.html sends the reader on to the root page, checked on its own)."""
     return sorted(p for p in html.rglob("*.html")
                   if not any(part.startswith("_") for part in p.relative_to(html).parts)
-                  and 'http-equiv="refresh"' not in p.read_text(errors="replace")[:2000])
+                  and 'http-equiv="refresh"' not in p.read_text(errors="replace")[:2000].lower())
 
 
 def results_dir(workdir: Path) -> Path:
@@ -105,8 +110,10 @@ def test_every_page_of_the_smoke_book_fits_at_1280px(smoke_study) -> None:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
         page = browser.new_page(viewport=VIEWPORT)
         errors: list[str] = []
-        page.on("console", lambda msg: errors.append(f"console {msg.type}: {msg.text}") if msg.type == "error" else None)
-        page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+        page.on("console", lambda msg: errors.append(f"console {msg.type}: {msg.text}")
+                if msg.type == "error" and not any(k in msg.text for k in KNOWN_UPSTREAM) else None)
+        page.on("pageerror", lambda exc: None if any(k in str(exc) for k in KNOWN_UPSTREAM)
+                else errors.append(f"page error: {exc}"))
         page.on("requestfailed", lambda req: errors.append(f"request failed: {req.url} ({req.failure})"))
         for path in pages:
             errors.clear()
