@@ -269,3 +269,12 @@ def brute_force(values: np.ndarray, k: int) -> tuple[float, list[tuple[int, int]
         if loss < best[0]:
             best = (loss, segs)
     return best
+
+
+def smoke_snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    """``snakemake`` on the smoke config, run in ``workdir`` with this checkout's Snakefile."""
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
+         "--configfile", str(ROOT / "workflow/config/smoke.yaml"), *args],
+        capture_output=True, text=True, timeout=1500,
+    )

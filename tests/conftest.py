@@ -18,9 +18,11 @@ from _helpers import (
     COMMON,
     MEASURE_KWARGS,
     PRUNE_TINY,
+    ROOT,
     STAGE_TINY,
     TRAIN,
     colour_images,
+    smoke_snakemake,
     write_colour_task,
 )
 from petlprune.cli import main
@@ -113,3 +115,26 @@ def task_dirs(tmp_path):
     save_task_model(dirs["pruned"] / "model.pt", model, backbone=backbone, petl="adapter",
                     petl_options=None, num_classes=5, plan=plan)
     return backbone, dirs
+
+
+
+@pytest.fixture(scope="session")
+def smoke_study(tmp_path_factory: pytest.TempPathFactory):
+    """ONE run of the whole DAG on the smoke tier for the test session, in a scratch copy of the
+    workflow's inputs; yields ``(workdir, completed process)``. tests/test_workflow_smoke.py checks the
+    run and its results, tests/test_book_browser.py the book it built: a second run would double the
+    longest part of the suite.
+
+    ``PETLPRUNE_SMOKE_WORKDIR`` names a folder where this has already run (its book built): the tests
+    then read it instead of running again (for a person iterating on the report).
+    """
+    import shutil
+
+    reuse = os.environ.get("PETLPRUNE_SMOKE_WORKDIR")
+    if reuse:
+        yield Path(reuse), subprocess.CompletedProcess([], 0, "", "")
+        return
+    workdir = tmp_path_factory.mktemp("smoke")
+    shutil.copytree(ROOT / "notebooks", workdir / "notebooks")
+    shutil.copytree(ROOT / "book", workdir / "book", ignore=shutil.ignore_patterns("_build", "generated"))
+    yield workdir, smoke_snakemake(workdir, "--cores", "2")

@@ -323,7 +323,7 @@ def test_comparison_table_and_ranks(df):
     assert sls.alpha == f"74.0 [{lo:.1f}, {hi:.1f}]" == "74.0 [60.4, 84.1]" and sls["mean"] == "70.0"
     assert sls.beta.startswith("66.0 ")
     rnd = table[(table.method == "random") & (table.budget == "d4")].iloc[0]
-    assert rnd.alpha == "70.0 ±0.0"  # the two draws agree: a zero-width t interval
+    assert rnd.alpha == "70.0 [70.0, 70.0]"  # the two draws agree: a zero-width t interval, same format
     ranks = report.rank_table(agg[agg.budget.isin(["none", "a0.3", "matched"])])
     assert ranks.loc[ranks.method == "unpruned", "alpha"].item() == 1
     assert ranks.loc[ranks.method == "SLS", "alpha"].item() == 2
@@ -353,7 +353,45 @@ def test_result_table_strings(df):
     table = report.result_table(agg)
     assert table.columns[:3].tolist() == ["method", "budget", "n"]
     md = report.to_markdown(table)
-    assert md.splitlines()[0].startswith("| method") and "± " in md
+    # a number and its spread or interval are joined by non-breaking spaces: the page never splits them
+    assert md.splitlines()[0].startswith("| method") and "\u00a0±\u00a0" in md and " ± " not in md
+    assert re.search(r"\d\u00a0\[\d+\.\d,\u00a0\d+\.\d\]", md) and not re.search(r"\d \[\d", md)
+
+
+def test_one_interval_format_everywhere():
+    assert report.fmt_interval(76.9, 74.3, 79.5) == "76.9 [74.3, 79.5]"  # symmetric-looking: still both ends
+    assert report.fmt_interval(98.0, 93.0, 99.4) == "98.0 [93.0, 99.4]"
+    assert report.fmt_interval(3.2, 1.0, 5.4, signed=True) == "+3.2 [1.0, 5.4]"
+    assert report.fmt_interval(5.0, float("nan"), 1) == "5.0" and report.fmt_interval(float("nan"), 0, 1) == "—"
+
+
+def test_result_tables_split_with_units_in_the_header(df):
+    agg = report.aggregate(df[df.task == "alpha"])
+    tables = dict(report.result_tables(agg))
+    assert list(tables) == ["Accuracy", "Size", "Speed"]
+    acc = tables["Accuracy"]
+    assert "top-1 (%) [95% interval]" in acc and all("±" not in c for c in acc["top-1 (%) [95% interval]"])
+    for table in tables.values():  # each is narrow: the row labels and a few numbers
+        assert table.columns[:3].tolist() == ["method", "budget", "n"] and table.shape[1] <= 9
+    size = tables["Size"]
+    stored = next(c for c in size if c.startswith("params stored"))
+    unit = stored[stored.index("(") + 1:-1]
+    scale = {"G": 1e9, "M": 1e6, "k": 1e3, "count": 1}[unit]
+    # the unit is in the header only, and the cells are the numbers in that unit
+    for cell, value in zip(size[stored], agg["params_stored_mean"], strict=True):
+        assert cell[-1].isdigit() and float(cell.replace(",", "")) == pytest.approx(value / scale, abs=0.01)
+
+
+def test_to_markdown_splits_per_petl_with_the_caption_once(df):
+    two = pd.concat([df, df.assign(petl="lora")])
+    table = report.comparison_table(report.aggregate(two))
+    assert "petl" in table
+    md = report.to_markdown(table)
+    heads = [line for line in md.splitlines() if line.startswith("**")]
+    assert heads == [f"**PETL {p} · top-1 (%), mean [95% interval] per task**" for p in table.petl.unique()]
+    assert all(not line.startswith("| petl") for line in md.splitlines())
+    assert md.count("| method") == 2
+    assert report.to_markdown(table, split=False).count("| petl") == 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -389,8 +427,12 @@ def test_sls_section(tree):
     depth = SLS_DEPTH["alpha"]
     assert len(titles) == N_BLOCKS - depth + 2  # early stop: one block below the kept ones
     # blocks 1..depth are kept; the deeper, better-separated ones are what SLS removes
-    assert titles[0].startswith(f"block {depth - 1}:") and "removed" not in titles[0]
-    assert sum("(removed)" in t for t in titles) == N_BLOCKS - depth and "(removed)" in titles[-1]
+    assert titles[0].startswith(f"block {depth - 1} · kept\n")
+    assert sum(" · removed" in t for t in titles) == N_BLOCKS - depth and " · removed" in titles[-1]
+    assert sum(" · kept" in t for t in titles) == 2
+    # the kept maps are framed (thick spines), the removed ones are not
+    shown = [ax for ax in grid.axes if ax.get_visible()]
+    assert [ax.spines["left"].get_linewidth() > 2 for ax in shown] == [" · kept" in t for t in titles]
     curve = section["Silhouette per block and the threshold (sls)"]
     ax = curve.axes[0]
     hlines = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]

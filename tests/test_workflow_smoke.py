@@ -3,30 +3,15 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
-         "--configfile", str(ROOT / "workflow/config/smoke.yaml"), *args],
-        capture_output=True, text=True, timeout=1500,
-    )
+from _helpers import smoke_snakemake as snakemake
 
 
 @pytest.mark.slow
-def test_smoke_study_builds_the_book_and_a_second_run_does_nothing(tmp_path: Path) -> None:
-    shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
-    shutil.copytree(ROOT / "book", tmp_path / "book", ignore=shutil.ignore_patterns("_build", "generated"))
-
-    run = snakemake(tmp_path, "--cores", "2")
+def test_smoke_study_builds_the_book_and_a_second_run_does_nothing(smoke_study) -> None:
+    tmp_path, run = smoke_study  # the session's one smoke run (tests/conftest.py), shared with the browser test
     assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
 
     results = tmp_path / "results-smoke"

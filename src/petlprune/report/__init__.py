@@ -14,7 +14,6 @@ from petlprune.report.figures import (
     AXES,
     accuracy_figure,
     accuracy_vs,
-    budget_marker,
     depth_bars,
     method_color,
     tradeoff_figure,
@@ -35,6 +34,7 @@ from petlprune.report.load import (
     write_summary,
 )
 from petlprune.report.sections import SECTIONS, block_score_section, method_section, sls_section
+from petlprune.report.style import method_style
 from petlprune.report.tables import (
     METHOD_LABELS,
     METHOD_ORDER,
@@ -42,12 +42,14 @@ from petlprune.report.tables import (
     aggregate,
     budget_family,
     comparison_table,
+    fmt_interval,
     matched_rows,
     mean_std,
     method_label,
     pareto_mask,
     rank_table,
     result_table,
+    result_tables,
     sort_results,
     to_markdown,
 )
@@ -55,7 +57,8 @@ from petlprune.report.tables import (
 __all__ = [
     "AXES", "CLAIMS", "COLUMNS", "FINETUNE", "METHOD_LABELS", "METHOD_ORDER", "METRICS", "SECTIONS",
     "ResultsError", "RunDir",
-    "accuracy_figure", "accuracy_vs", "aggregate", "block_score_section", "budget_family", "budget_marker",
+    "accuracy_figure", "accuracy_vs", "aggregate", "block_score_section", "budget_family",
+    "fmt_interval", "method_style", "result_tables",
     "collect_provenance", "comparison_table", "depth_bars", "evaluate_claims", "find_runs", "load_results",
     "log_path", "matched_rows", "mean_std", "reference_rows", "stats", "aggregates", "leaderboard", "ranktest",
     "method_color", "method_label", "method_section", "pareto_mask", "ppt", "rank_table", "read_summary",

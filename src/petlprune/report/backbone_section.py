@@ -13,13 +13,15 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from petlprune.io import read_json
+from petlprune.report.style import FIG_WIDTH, styled
 
 __all__ = ["backbone_page", "pretraining_curve"]
 
 
+@styled
 def pretraining_curve(history: list[dict[str, Any]], source_top1: float | None) -> Figure:
     """Training loss and training top-1 per epoch; the held-out source top-1 as a point at the end."""
-    fig = Figure(figsize=(7.0, 2.8), layout="constrained")
+    fig = Figure(figsize=(FIG_WIDTH, 3.4), layout="constrained")
     ax_loss, ax_acc = fig.subplots(1, 2)
     epochs = [row["epoch"] for row in history]
     ax_loss.plot(epochs, [row["loss"] for row in history], marker="o")
@@ -28,7 +30,7 @@ def pretraining_curve(history: list[dict[str, Any]], source_top1: float | None) 
     if source_top1 is not None and epochs:
         ax_acc.scatter([epochs[-1]], [100 * source_top1], color="C3", zorder=3, label="held-out top-1")
     ax_acc.set(xlabel="epoch", ylabel="top-1 (%)", title="source accuracy")
-    ax_acc.legend(loc="lower right", fontsize=8)
+    ax_acc.legend(loc="lower right")
     return fig
 
 

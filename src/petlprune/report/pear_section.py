@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from petlprune.report.load import FINETUNE, RunDir, find_runs, split_result_dir
+from petlprune.report.style import FIG_WIDTH, styled
 from petlprune.report.tables import budget_order, mean_std
 
 __all__ = [
@@ -62,6 +63,7 @@ def position_labels(names: list[str] | None, n: int) -> list[str]:
     return [f"{b}{name.rsplit('.', 1)[-1][0]}" for b, name in zip(blocks, names, strict=True)]
 
 
+@styled
 def importance_figure(scores: dict[str, Any], plan: dict[str, Any] | None, title: str) -> Figure:
     """Taylor importance per adapter position; positions the plan pruned are light (shared: orange edge).
 
@@ -74,18 +76,19 @@ def importance_figure(scores: dict[str, Any], plan: dict[str, Any] | None, title
     labels = position_labels(scores["extra"].get("positions"), len(values))
     pruned = set((plan or {}).get("extra", {}).get("pruned_positions", []))
     shared = {int(p) for p in ((plan or {}).get("sharing") or {})}
-    fig = Figure(figsize=(0.38 * len(values) + 2.5, 2.8), layout="constrained")
+    fig = Figure(figsize=(min(FIG_WIDTH, 0.4 * len(values) + 2.8), 3.2), layout="constrained")
     ax = fig.subplots()
     colors = [(_SHARED if i in shared else _DROPPED) if i in pruned else _KEPT for i in range(len(values))]
     ax.bar(np.arange(len(values)), values, color=colors, edgecolor="0.3", linewidth=0.5)
-    ax.set_xticks(range(len(values)), labels, fontsize=10)
+    ax.set_xticks(range(len(values)), labels)
     ax.set_xlabel("adapter position (block)")
     ax.set_ylabel("Taylor importance")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     return fig
 
 
+@styled
 def sharing_map_figure(plans: dict[tuple[str, str], dict[str, Any]]) -> Figure | None:
     """One row of positions per plan: kept (blue), pruned and served (orange, an arc from the adapter
     serving it), pruned and dropped (grey)."""
@@ -93,7 +96,7 @@ def sharing_map_figure(plans: dict[tuple[str, str], dict[str, Any]]) -> Figure |
         return None
     plans = dict(sorted(plans.items(), key=lambda kv: (kv[0][0], budget_order(kv[0][1]))))
     n = max(len(p.get("scores") or []) for p in plans.values()) or 1
-    fig = Figure(figsize=(0.45 * n + 2.8, 1.5 * len(plans) + 0.6), layout="constrained")
+    fig = Figure(figsize=(min(FIG_WIDTH, 0.45 * n + 2.8), 1.6 * len(plans) + 0.8), layout="constrained")
     axes = np.atleast_1d(fig.subplots(len(plans), 1, squeeze=False)).ravel()
     for ax, ((key, budget), plan) in zip(axes, plans.items(), strict=True):
         extra = plan.get("extra") or {}
@@ -110,14 +113,14 @@ def sharing_map_figure(plans: dict[tuple[str, str], dict[str, Any]]) -> Figure |
             ax.plot([p], [0.5], marker="v", ms=4, color=_SHARED)
             top = max(top, 0.45 + height + 0.15)
         labels = position_labels(extra.get("positions"), n)
-        ax.set_xticks(range(n), labels, fontsize=10)
+        ax.set_xticks(range(n), labels)
         ax.set_yticks([])
         ax.set_xlim(-0.6, n - 0.4)
         ax.set_ylim(-0.5, top)
         for side in ("left", "right", "top"):
             ax.spines[side].set_visible(False)
         ax.set_title(f"{key} · {budget}: share {extra.get('share')}, kc {extra.get('kc')}, "
-                     f"{100 * extra.get('removed_fraction', 0):.0f}% of adapter params pruned", fontsize=11)
+                     f"{100 * extra.get('removed_fraction', 0):.0f}% of adapter params pruned")
     axes[-1].set_xlabel("adapter position (block); arcs: serving adapter → pruned position")
     return fig
 
@@ -138,6 +141,7 @@ def _run_variants(run: RunDir) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+@styled
 def ablation_figure(run: RunDir) -> Figure | None:
     """Top-1 of every Pear variant of one run: groups = share rule, bars = knowledge checkpoint,
     one panel per rho; the dashed line is the unpruned model."""
@@ -149,21 +153,25 @@ def ablation_figure(run: RunDir) -> Figure | None:
     ref_path = run.root / "finetune" / "metrics.json"
     ref = 100 * read_json(ref_path)["top1"] if ref_path.is_file() else None
     rhos = sorted(df.rho.dropna().unique())
-    fig = Figure(figsize=(4.2 * len(rhos) + 0.5, 3.0), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(rhos), squeeze=False)).ravel()
+    ncols = min(2, len(rhos))  # at most two panels a row
+    nrows = -(-len(rhos) // ncols)
+    fig = Figure(figsize=(FIG_WIDTH if ncols == 2 else 0.6 * FIG_WIDTH, 3.6 * nrows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     width = 0.8 / len(KC_ORDER)
-    for ax, rho in zip(axes, rhos, strict=True):
+    for ax in axes[len(rhos):]:
+        ax.set_visible(False)
+    for ax, rho in zip(axes, rhos, strict=False):
         sub = df[df.rho == rho].groupby(["share", "kc"]).top1.mean()
         for j, kc in enumerate(KC_ORDER):
             ys = [sub.get((s, kc), np.nan) for s in SHARE_ORDER]
             ax.bar(np.arange(len(SHARE_ORDER)) + (j - 1) * width, ys, width, label=f"kc {kc}", color=f"C{j}")
         if ref is not None:
             ax.axhline(ref, color="k", ls="--", lw=1, label="unpruned")
-        ax.set_xticks(range(len(SHARE_ORDER)), ["most important", "nearest", "none (drop)"], fontsize=11)
-        ax.set_title(f"rho = {rho:g} ({df.eval_split.iloc[0] or 'test'} top-1)", fontsize=9)
+        ax.set_xticks(range(len(SHARE_ORDER)), ["most\nimportant", "nearest", "none\n(drop)"])
+        ax.set_title(f"rho = {rho:g} ({df.eval_split.iloc[0] or 'test'} top-1)")
         ax.set_ylabel("top-1 (%)")
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=10)
+    axes[0].legend()
     return fig
 
 

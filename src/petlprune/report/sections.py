@@ -20,6 +20,7 @@ from petlprune.report.load import ResultsError, RunDir, split_key
 from petlprune.report.pear_section import pear_section
 from petlprune.report.sglp_section import sglp_section
 from petlprune.report.spa_section import spa_section
+from petlprune.report.style import FIG_WIDTH, styled
 from petlprune.report.tables import budget_order, method_label
 
 __all__ = [
@@ -35,6 +36,8 @@ __all__ = [
     "sls_alpha",
 ]
 
+_KEPT = "#3b6ea8"  # a kept block, in every block figure
+
 Section = Callable[[RunDir, str], list[tuple[str, Figure]]]
 
 
@@ -46,6 +49,7 @@ def _num_blocks(run: RunDir) -> int | None:
     return int(read_json(path)["depth"]) if path.is_file() else None
 
 
+@styled
 def kept_blocks_figure(run: RunDir, method: str) -> Figure | None:
     """Kept (dark) and removed (light) blocks of every Plan of ``method``: one row per key × budget."""
     plans = run.plans(method)
@@ -56,32 +60,33 @@ def kept_blocks_figure(run: RunDir, method: str) -> Figure | None:
     grid = np.zeros((len(plans), n))
     for r, plan in enumerate(plans.values()):
         grid[r, plan["kept_blocks"]] = 1.0
-    fig = Figure(figsize=(0.35 * n + 2.2, 0.3 * len(plans) + 1.0), layout="constrained")
+    fig = Figure(figsize=(min(FIG_WIDTH, 0.4 * n + 3.2), 0.4 * len(plans) + 1.2), layout="constrained")
     ax = fig.subplots()
-    ax.imshow(grid, cmap=ListedColormap(["#eeeeee", "#3b6ea8"]), vmin=0, vmax=1, aspect="auto")
-    ax.set_xticks(range(n), [str(i + 1) for i in range(n)], fontsize=10)
-    ax.set_yticks(range(len(plans)), [f"{k} · {b} (depth {p['depth']})" for (k, b), p in plans.items()], fontsize=10)
+    ax.imshow(grid, cmap=ListedColormap(["#eeeeee", _KEPT]), vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(n), [str(i + 1) for i in range(n)])
+    ax.set_yticks(range(len(plans)), [f"{k} · {b} (depth {p['depth']})" for (k, b), p in plans.items()])
     ax.set_xlabel("block")
-    ax.set_title(f"{method_label(method)}: blocks kept (dark)", fontsize=9)
+    ax.set_title(f"{method_label(method)}: blocks kept (dark)")
     return fig
 
 
+@styled
 def score_curve_figure(run: RunDir, method: str) -> Figure | None:
     """Per-unit scores of every key of ``method`` (all random draws on one axes)."""
     scored = [(k, s) for k in run.keys(method) if (s := run.scores(k)) is not None]
     if not scored:
         return None
-    fig = Figure(figsize=(6.0, 3.0), layout="constrained")
+    fig = Figure(figsize=(0.75 * FIG_WIDTH, 3.4), layout="constrained")
     ax = fig.subplots()
     for key, scores in scored:
         values = scores["scores"]
         ax.plot(np.arange(1, len(values) + 1), values, marker="o", ms=3, label=key)
     ax.set_xlabel("block / unit")
     ax.set_ylabel("score")
-    ax.set_title(f"{method_label(method)}: scores (the plan keeps the highest)", fontsize=9)
+    ax.set_title(f"{method_label(method)}: scores (the plan keeps the highest)")
     ax.grid(alpha=0.3)
     if len(scored) > 1:
-        ax.legend(fontsize=10)
+        ax.legend()
     return fig
 
 
@@ -125,10 +130,15 @@ def _embedded(embeddings: np.ndarray, blocks: np.ndarray, where: str) -> tuple[n
     return embeddings, blocks
 
 
+@styled
 def sls_tsne_grid(
     embeddings: np.ndarray, blocks: np.ndarray, labels: np.ndarray, scores: np.ndarray, depth: int | None
 ) -> Figure:
-    """One 2-D t-SNE map per embedded block, coloured by class; removed blocks greyed.
+    """One 2-D t-SNE map per embedded block, coloured by class: kept blocks framed in blue, removed
+    blocks faded with a grey frame.
+
+    Four maps a row across the page's width (each about 210 px on a 1280-px window), so a title
+    ``block 3 · kept`` and its silhouette stay readable (six 110-px thumbnails a row did not).
 
     Args:
         embeddings: (E, n, 2) embeddings of the E embedded blocks.
@@ -141,30 +151,33 @@ def sls_tsne_grid(
     if embeddings.shape[1] != len(labels):
         raise ResultsError(f"SLS sidecar: {embeddings.shape[1]} embedded points but {len(labels)} labels")
     order = np.argsort(blocks)
-    ncols = min(6, len(blocks))
+    ncols = min(4, len(blocks))
     nrows = -(-len(blocks) // ncols)
-    fig = Figure(figsize=(1.9 * ncols, 2.0 * nrows), layout="constrained")
+    fig = Figure(figsize=(FIG_WIDTH if ncols == 4 else FIG_WIDTH * ncols / 4, 2.3 * nrows + 0.5), layout="constrained")
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     cmap = colormaps["tab10" if labels.max() < 10 else "tab20"]
     for ax, e in zip(axes, order, strict=False):
         b = int(blocks[e])
         emb = embeddings[e]
         removed = depth is not None and b >= depth
-        ax.scatter(emb[:, 0], emb[:, 1], c=labels % cmap.N, cmap=cmap, vmin=0, vmax=cmap.N - 1, s=2,
-                   linewidths=0, alpha=0.35 if removed else 1.0)
+        ax.scatter(emb[:, 0], emb[:, 1], c=labels % cmap.N, cmap=cmap, vmin=0, vmax=cmap.N - 1, s=4,
+                   linewidths=0, alpha=0.3 if removed else 1.0)
         sc = scores[b] if b < len(scores) else math.nan
-        ax.set_title(f"block {b + 1}: SC {sc:.2f}" + (" (removed)" if removed else ""), fontsize=10,
-                     color="0.55" if removed else "black")
+        state = "" if depth is None else (" · removed" if removed else " · kept")
+        ax.set_title(f"block {b + 1}{state}\nSC {sc:.2f}", color="0.5" if removed else "black")
         ax.set_xticks([])
         ax.set_yticks([])
-        if removed:
-            for spine in ax.spines.values():
-                spine.set_color("0.75")
+        for spine in ax.spines.values():
+            spine.set_color("0.75" if removed else _KEPT if depth is not None else "0.3")
+            spine.set_linewidth(1.0 if removed else 2.5)
     for ax in axes[len(blocks):]:
         ax.set_visible(False)
+    if depth is not None:
+        fig.suptitle(f"the plan keeps blocks 1–{depth} (blue frames); faded: removed")
     return fig
 
 
+@styled
 def sls_silhouette_figure(scores: dict, plans: dict, extra_curves: dict[str, np.ndarray]) -> Figure:
     """Silhouette per block with each alpha's threshold alpha·SC_N and the depth it chose.
 
@@ -176,10 +189,14 @@ def sls_silhouette_figure(scores: dict, plans: dict, extra_curves: dict[str, np.
     values = scores["scores"]
     n = len(values)
     x = np.arange(1, n + 1)
-    fig = Figure(figsize=(6.0 + 3.0 * len(extra_curves), 3.2), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, 1 + len(extra_curves)))
+    # the silhouette panel on its own row, at most two extra panels a row under it
+    ncols = 2 if extra_curves else 1
+    fig = Figure(figsize=(FIG_WIDTH, 3.6 * (1 + -(-len(extra_curves) // 2))),
+                 layout="constrained")
+    grid = fig.add_gridspec(1 + -(-len(extra_curves) // 2), ncols)
+    axes = [fig.add_subplot(grid[0, :])] + [fig.add_subplot(grid[1 + i // 2, i % 2]) for i in range(len(extra_curves))]
     ax = axes[0]
-    ax.plot(x, values, marker="o", ms=4, color="C0", label="silhouette of the t-SNE map")
+    ax.plot(x, values, marker="o", ms=5, color="0.2", label="silhouette of the t-SNE map")
     for i, ((_, budget), plan) in enumerate(sorted(plans.items(), key=lambda kv: budget_order(kv[0][1]))):
         alpha = sls_alpha(budget)
         color = f"C{i + 1}"
@@ -191,10 +208,10 @@ def sls_silhouette_figure(scores: dict, plans: dict, extra_curves: dict[str, np.
     ax.set_ylabel("silhouette coefficient")
     ax.set_xticks(x)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=10)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     for ax, (name, curve) in zip(axes[1:], extra_curves.items(), strict=True):
         ax.plot(np.arange(1, len(curve) + 1), curve, marker="o", ms=3, color="0.3")
-        ax.set_title(name, fontsize=11)
+        ax.set_title(name)
         ax.set_xlabel("block")
         ax.grid(alpha=0.3)
     return fig

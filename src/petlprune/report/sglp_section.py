@@ -11,6 +11,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
 from petlprune.report.load import ResultsError, RunDir
+from petlprune.report.style import FIG_WIDTH, styled
 
 __all__ = ["sglp_section", "cka_segments_figure", "segmentation_loss_figure", "segment_keep_figure"]
 
@@ -21,6 +22,7 @@ def _require(extra: dict, keys: tuple[str, ...], where: str) -> None:
         raise ResultsError(f"{where}: SGLP scores lack {missing} (written by an older version? re-run score)")
 
 
+@styled
 def cka_segments_figure(cka: np.ndarray, segments: list[list[int]], title: str = "") -> Figure:
     """Linear CKA between every pair of blocks, with the Fisher segments outlined.
 
@@ -30,16 +32,16 @@ def cka_segments_figure(cka: np.ndarray, segments: list[list[int]], title: str =
         title: axes title.
     """
     n = cka.shape[0]
-    fig = Figure(figsize=(4.8, 4.2), layout="constrained")
+    fig = Figure(figsize=(0.7 * FIG_WIDTH, 4.8), layout="constrained")
     ax = fig.subplots()
     im = ax.imshow(cka, vmin=0.0, vmax=1.0, cmap="viridis", origin="upper")
     for a, b in segments:  # a square per segment on the diagonal; cells are centred on integers
         ax.add_patch(_square(a - 0.5, b - a))
-    ax.set_xticks(range(n), [str(i + 1) for i in range(n)], fontsize=7)
-    ax.set_yticks(range(n), [str(i + 1) for i in range(n)], fontsize=7)
+    ax.set_xticks(range(n), [str(i + 1) for i in range(n)])
+    ax.set_yticks(range(n), [str(i + 1) for i in range(n)])
     ax.set_xlabel("block")
     ax.set_ylabel("block")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title)
     fig.colorbar(im, ax=ax, shrink=0.8, label="linear CKA")
     return fig
 
@@ -50,10 +52,11 @@ def _square(origin: float, size: int):
     return Rectangle((origin, origin), size, size, fill=False, edgecolor="white", lw=2.0)
 
 
+@styled
 def segmentation_loss_figure(losses: list[float], k: int, auto: bool) -> Figure:
     """The Fisher loss P(N, k) for k = 1..K_max and the chosen K."""
     ks = np.arange(1, len(losses) + 1)
-    fig = Figure(figsize=(4.6, 3.0), layout="constrained")
+    fig = Figure(figsize=(0.7 * FIG_WIDTH, 3.4), layout="constrained")
     ax = fig.subplots()
     ax.plot(ks, losses, marker="o", ms=4, color="C0")
     ax.axvline(k, color="C3", ls="--", lw=1.2, label=f"K = {k} ({'auto rule' if auto else 'fixed'})")
@@ -61,14 +64,15 @@ def segmentation_loss_figure(losses: list[float], k: int, auto: bool) -> Figure:
     ax.set_ylabel("P(N, k): within-segment sum of squares")
     ax.set_xticks(ks)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend()
     return fig
 
 
+@styled
 def segment_keep_figure(n: int, segments: list[list[int]], plans: dict[tuple[str, str], dict]) -> Figure:
     """One row per plan: kept blocks (dark), segments as alternating bands, with ``kept/length`` per segment."""
     rows = list(plans.items())
-    fig = Figure(figsize=(0.38 * n + 2.6, 0.42 * len(rows) + 1.1), layout="constrained")
+    fig = Figure(figsize=(min(FIG_WIDTH, 0.4 * n + 3.2), 0.42 * len(rows) + 1.1), layout="constrained")
     ax = fig.subplots()
     grid = np.zeros((len(rows), n))
     for r, (_, plan) in enumerate(rows):
@@ -80,14 +84,14 @@ def segment_keep_figure(n: int, segments: list[list[int]], plans: dict[tuple[str
         counts = plan.get("extra", {}).get("keep_per_segment")
         for s, (a, b) in enumerate(segments):
             kept = counts[s] if counts else sum(a <= i < b for i in plan["kept_blocks"])
-            ax.text((a + b - 1) / 2, r, f"{kept}/{b - a}", ha="center", va="center", fontsize=7,
+            ax.text((a + b - 1) / 2, r, f"{kept}/{b - a}", ha="center", va="center",
                     bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85))
     for a, _ in segments[1:]:
         ax.axvline(a - 0.5, color="black", lw=1.0)
-    ax.set_xticks(range(n), [str(i + 1) for i in range(n)], fontsize=7)
-    ax.set_yticks(range(len(rows)), [f"{k} · {b} (depth {p['depth']})" for (k, b), p in rows], fontsize=7)
+    ax.set_xticks(range(n), [str(i + 1) for i in range(n)])
+    ax.set_yticks(range(len(rows)), [f"{k} · {b} (depth {p['depth']})" for (k, b), p in rows])
     ax.set_xlabel("block (segments separated by lines; kept / segment length)")
-    ax.set_title("SGLP: blocks kept in each segment (dark)", fontsize=9)
+    ax.set_title("SGLP: blocks kept in each segment (dark)")
     return fig
 
 

@@ -13,16 +13,18 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from petlprune.report.load import ResultsError, RunDir
+from petlprune.report.style import FIG_WIDTH, styled
 
 __all__ = ["spa_section", "schedule_figure", "kept_width_figure"]
 
 _GROUP = re.compile(r"^blocks\.(\d+)\.(mlp|attn)$")
 
 
+@styled
 def schedule_figure(history: list[dict], title: str = "") -> Figure:
     """Channel and weight density after each pruning step, and the recovery loss."""
     steps = [h["step"] for h in history]
-    fig = Figure(figsize=(5.2, 3.0), layout="constrained")
+    fig = Figure(figsize=(0.8 * FIG_WIDTH, 3.4), layout="constrained")
     ax = fig.subplots()
     ax.plot(steps, [h["density_channels"] for h in history], marker="o", ms=3, label="channels kept")
     ax.plot(steps, [h["density_weights"] for h in history], marker="s", ms=3, label="weights kept")
@@ -34,8 +36,8 @@ def schedule_figure(history: list[dict], title: str = "") -> Figure:
         ax2 = ax.twinx()
         ax2.plot(*zip(*losses, strict=True), color="C3", ls="--", lw=1, label="recovery loss")
         ax2.set_ylabel("recovery loss (last epoch)", color="C3")
-    ax.legend(fontsize=10, loc="lower left")
-    ax.set_title(title, fontsize=9)
+    ax.legend(loc="lower left")
+    ax.set_title(title)
     return fig
 
 
@@ -52,9 +54,10 @@ def _kept_per_block(masks: dict, where: str) -> tuple[np.ndarray, np.ndarray]:
             np.array([per["attn"].get(i, np.nan) for i in range(n)]))
 
 
+@styled
 def kept_width_figure(plans: dict[str, dict], where: str) -> Figure:
     """Kept fraction of MLP hidden channels (bars) and of heads (dots) per block, one panel per budget."""
-    fig = Figure(figsize=(5.6, 1.9 * len(plans) + 0.4), layout="constrained")
+    fig = Figure(figsize=(0.8 * FIG_WIDTH, 2.1 * len(plans) + 0.6), layout="constrained")
     axes = np.atleast_1d(fig.subplots(len(plans), 1, sharex=True))
     for ax, (budget, plan) in zip(axes, plans.items(), strict=True):
         mlp, heads = _kept_per_block(plan["masks"], where)
@@ -64,9 +67,9 @@ def kept_width_figure(plans: dict[str, dict], where: str) -> Figure:
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("kept")
         dens = plan.get("extra", {}).get("density_channels")
-        ax.set_title(f"{budget}" + (f": {dens:.1%} of channels kept" if dens is not None else ""), fontsize=9)
-        ax.set_xticks(x, [str(i) for i in x], fontsize=10)
-    axes[0].legend(fontsize=10, ncols=2)
+        ax.set_title(f"{budget}" + (f": {dens:.1%} of channels kept" if dens is not None else ""))
+        ax.set_xticks(x, [str(i) for i in x])
+    axes[0].legend(ncols=2)
     axes[-1].set_xlabel("block")
     return fig
 

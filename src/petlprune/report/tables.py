@@ -6,6 +6,7 @@ aggregate) and returns a new frame; none reads files. Accuracies are in percent.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,11 +29,14 @@ __all__ = [
     "sort_results",
     "aggregate",
     "mean_std",
+    "fmt_interval",
     "result_table",
+    "result_tables",
     "comparison_table",
     "rank_table",
     "pareto_mask",
     "to_markdown",
+    "split_tables",
 ]
 
 # Display names; a method missing here is shown by its registry name.
@@ -174,36 +178,66 @@ def mean_std(mean: float, std: float = np.nan, digits: int = 1) -> str:
     return f"{mean:,.{digits}f} ± {std:,.{digits}f}"
 
 
-def _fmt_count(value: float) -> str:
+def fmt_interval(value: float, lo: float, hi: float, digits: int = 1, signed: bool = False) -> str:
+    """The book's one interval format: ``76.9 [74.0, 79.1]``; the value alone without an interval;
+    ``—`` without a value.
+
+    Always the two ends, never ``±``: a Wilson or bootstrap interval is rarely symmetric, and one table
+    mixing ``±h`` and ``[lo, hi]`` rows reads as two kinds of number (issue 26).
+    """
     if pd.isna(value):
         return "—"
+    v = f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+    if pd.isna(lo) or pd.isna(hi):
+        return v
+    return f"{v} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def _count_scale(values: Sequence[float]) -> tuple[float, str]:
+    """One unit for a column of counts (its largest value decides), so the unit sits in the header."""
+    finite = [abs(v) for v in values if pd.notna(v)]
+    top = max(finite, default=0.0)
     for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= scale:
-            return f"{value / scale:.2f}{suffix}"
-    return f"{value:.0f}"
+        if top >= scale:
+            return scale, suffix
+    return 1.0, ""
 
 
-# Columns of the per-result table: (header, metric, formatter of (mean, std)).
-_RESULT_COLUMNS: list[tuple[str, str, object]] = [
-    ("top-1 %", "top1", lambda m, s: mean_std(m, s, 1)),
-    ("before re-train %", "top1_before_retrain", lambda m, s: mean_std(m, s, 1)),
-    ("depth", "depth", lambda m, s: mean_std(m, s, 1)),
-    ("params fwd", "params_forward", lambda m, s: _fmt_count(m)),
-    ("params stored", "params_stored", lambda m, s: _fmt_count(m)),
-    ("FLOPs/img", "flops", lambda m, s: _fmt_count(m)),
-    ("img/s b1", "throughput_b1", lambda m, s: mean_std(m, s, 0)),
-    ("img/s b64", "throughput_b64", lambda m, s: mean_std(m, s, 0)),
-    ("latency b1 ms", "latency_b1_ms", lambda m, s: mean_std(m, s, 2)),
-    ("speed-up b1", "speedup_b1", lambda m, s: mean_std(m, s, 2)),
-    ("speed-up b64", "speedup_b64", lambda m, s: mean_std(m, s, 2)),
-    ("decision s", "decision_seconds", lambda m, s: mean_std(m, s, 2)),
-    ("PPT", "ppt", lambda m, s: mean_std(m, s, 1)),
-]
+def _fmt_scaled(value: float, scale: float) -> str:
+    if pd.isna(value):
+        return "—"
+    v = value / scale
+    return f"{v:,.2f}" if abs(v) < 100 else f"{v:,.0f}"
 
 
-def result_table(agg: pd.DataFrame) -> pd.DataFrame:
-    """Aggregated rows → a display table (strings): method, (key,) budget, n, and every cost column."""
-    out = pd.DataFrame({
+# Columns of the per-result tables: table → [(header with its unit, metric, decimals or "count")].
+# Split in three so that each fits the content column at 1280 px (the cost columns of one table ran
+# past the page's right edge).
+_RESULT_TABLES: dict[str, list[tuple[str, str, int | str]]] = {
+    "Accuracy": [
+        ("top-1 (%) [95% interval]", "top1", 1),
+        ("before re-train (%)", "top1_before_retrain", 1),
+        ("blocks kept", "depth", 1),
+        ("PPT", "ppt", 1),
+    ],
+    "Size": [
+        ("params in forward ({unit})", "params_forward", "count"),
+        ("params stored per task ({unit})", "params_stored", "count"),
+        ("FLOPs per image ({unit})", "flops", "count"),
+    ],
+    "Speed": [
+        ("images/s, batch 1", "throughput_b1", 0),
+        ("images/s, batch 64", "throughput_b64", 0),
+        ("latency, batch 1 (ms)", "latency_b1_ms", 2),
+        ("speed-up, batch 1 (×)", "speedup_b1", 2),
+        ("speed-up, batch 64 (×)", "speedup_b64", 2),
+        ("deciding (s)", "decision_seconds", 2),
+    ],
+}
+
+
+def _labels(agg: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
         **({"PETL": agg["petl"]} if "petl" in agg and agg["petl"].nunique() > 1 else {}),
         **({"task": agg["task"]} if "task" in agg and agg["task"].nunique() > 1 else {}),
         "method": agg["method"].map(method_label),
@@ -212,16 +246,48 @@ def result_table(agg: pd.DataFrame) -> pd.DataFrame:
         "budget": agg["budget"],
         "n": agg["n"],
     })
-    for header, metric, fmt in _RESULT_COLUMNS:
-        if f"{metric}_mean" in agg:
-            out[header] = [fmt(m, s) for m, s in zip(agg[f"{metric}_mean"], agg[f"{metric}_std"], strict=True)]
-    if "top1_lo" in agg and "top-1 %" in out:
-        from petlprune.report.stats import format_interval
 
-        out["top-1 %"] = [format_interval(m, lo, hi) for m, lo, hi in zip(agg["top1_mean"], agg["top1_lo"], agg["top1_hi"], strict=True)]
-    if "collapsed" in agg and "top-1 %" in out:
-        out["top-1 %"] = [f"{c} {COLLAPSED_MARK}" if f else c for c, f in zip(out["top-1 %"], agg["collapsed"].astype(bool), strict=True)]
-    return out.reset_index(drop=True)
+
+def _column(agg: pd.DataFrame, header: str, metric: str, digits: int | str) -> tuple[str, list[str]]:
+    means, stds = agg[f"{metric}_mean"], agg[f"{metric}_std"]
+    if digits == "count":
+        scale, unit = _count_scale(means)
+        return header.format(unit=unit or "count"), [_fmt_scaled(m, scale) for m in means]
+    if metric == "top1" and "top1_lo" in agg:
+        cells = [fmt_interval(m, lo, hi, digits) for m, lo, hi in zip(means, agg["top1_lo"], agg["top1_hi"], strict=True)]
+        if "collapsed" in agg:
+            cells = [f"{c} {COLLAPSED_MARK}" if f else c for c, f in zip(cells, agg["collapsed"].astype(bool), strict=True)]
+        return header, cells
+    header = header.replace(" [95% interval]", "")
+    return header, [mean_std(m, s, digits) for m, s in zip(means, stds, strict=True)]
+
+
+def result_tables(agg: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """Aggregated rows → ``[("Accuracy", table), ("Size", table), ("Speed", table)]`` of strings.
+
+    Each table has the row labels (method, key, budget, n) and a few columns with the unit in the
+    header; a table whose metrics are all missing is left out. Top-1 is ``mean [lo, hi]``
+    (:func:`fmt_interval`), the costs ``mean ± std`` over seeds (every row alike).
+    """
+    out = []
+    for title, columns in _RESULT_TABLES.items():
+        table = _labels(agg)
+        for header, metric, digits in columns:
+            if f"{metric}_mean" in agg and agg[f"{metric}_mean"].notna().any():
+                name, cells = _column(agg, header, metric, digits)
+                table[name] = cells
+        if table.shape[1] > _labels(agg).shape[1]:
+            out.append((title, table.reset_index(drop=True)))
+    return out
+
+
+def result_table(agg: pd.DataFrame) -> pd.DataFrame:
+    """All of :func:`result_tables` side by side (for a CSV or a test; too wide for the page)."""
+    tables = [t for _, t in result_tables(agg)]
+    if not tables:
+        return _labels(agg).reset_index(drop=True)
+    labels = list(_labels(agg).columns)
+    return pd.concat([tables[0], *(t.drop(columns=labels) for t in tables[1:])], axis=1)
 
 
 def _row_frame(agg: pd.DataFrame, values: pd.DataFrame) -> pd.DataFrame:
@@ -234,6 +300,16 @@ def _row_frame(agg: pd.DataFrame, values: pd.DataFrame) -> pd.DataFrame:
     if agg["petl"].nunique() == 1:
         values = values.drop(columns="petl")
     return values.reset_index(drop=True)
+
+
+# What a comparison table's cells are, with the unit: said once in its caption, never in each cell.
+_CAPTIONS = {
+    "top1": "top-1 (%)",
+    "top1_before_retrain": "top-1 before re-training (%)",
+    "ppt": "PPT (top-1 per stored parameter)",
+    "decision_seconds": "seconds spent deciding",
+    "depth": "blocks kept",
+}
 
 
 def comparison_table(agg: pd.DataFrame, metric: str = "top1", digits: int = 1) -> pd.DataFrame:
@@ -249,11 +325,9 @@ def comparison_table(agg: pd.DataFrame, metric: str = "top1", digits: int = 1) -
     means = means.reindex(columns=tasks).dropna(how="all")
     stds = stds.reindex(index=means.index, columns=tasks)
     if metric == "top1" and "top1_lo" in agg:
-        from petlprune.report.stats import format_interval
-
         los, his = (agg.pivot_table(index=index, columns="task", values=c, dropna=False, sort=False)
                     .reindex(index=means.index, columns=tasks) for c in ("top1_lo", "top1_hi"))
-        cells = pd.DataFrame({t: [format_interval(m, lo, hi, digits) for m, lo, hi in
+        cells = pd.DataFrame({t: [fmt_interval(m, lo, hi, digits) for m, lo, hi in
                                   zip(means[t], los[t], his[t], strict=True)] for t in tasks}, index=means.index)
     else:
         cells = pd.DataFrame(
@@ -268,7 +342,10 @@ def comparison_table(agg: pd.DataFrame, metric: str = "top1", digits: int = 1) -
             cells[t] = [f"{c} {COLLAPSED_MARK}" if f else c for c, f in zip(cells[t], flags[t], strict=True)]
     complete = means.notna().all(axis=1)
     cells["mean"] = [mean_std(v, np.nan, digits) for v in means.mean(axis=1).where(complete)]
-    return _row_frame(agg, cells)
+    out = _row_frame(agg, cells)
+    out.attrs["caption"] = _CAPTIONS.get(metric, metric) + (
+        ", mean [95% interval] per task" if metric == "top1" and "top1_lo" in agg else ", mean ± std per task")
+    return out
 
 
 def rank_table(agg: pd.DataFrame, metric: str = "top1_mean", higher_is_better: bool = True) -> pd.DataFrame:
@@ -280,7 +357,9 @@ def rank_table(agg: pd.DataFrame, metric: str = "top1_mean", higher_is_better: b
     values = values.dropna(how="all")
     ranks = values.groupby(level="petl", sort=False).rank(ascending=not higher_is_better, method="min")
     ranks["mean rank"] = ranks.mean(axis=1).round(2)
-    return _row_frame(agg, ranks)
+    out = _row_frame(agg, ranks)
+    out.attrs["caption"] = "rank per task (1 = best)"
+    return out
 
 
 def pareto_mask(x: Sequence[float], y: Sequence[float], x_higher: bool = True, y_higher: bool = True) -> np.ndarray:
@@ -303,6 +382,41 @@ def pareto_mask(x: Sequence[float], y: Sequence[float], x_higher: bool = True, y
     return ok & ~dominated
 
 
-def to_markdown(df: pd.DataFrame) -> str:
-    """A Markdown table (rendered by myst-nb with ``nb_render_markdown_format: myst``)."""
-    return df.to_markdown(index=False, disable_numparse=True)
+def split_tables(df: pd.DataFrame, by: Sequence[str] = ("PETL", "petl")) -> list[tuple[str | None, pd.DataFrame]]:
+    """One table per PETL (the first column of ``by`` the frame has, when it holds several values),
+    that column left out: a PETL's methods are compared only with each other (each starts from its own
+    fine-tune), and the PETL column repeated on every row took the width the numbers need."""
+    col = next((c for c in by if c in df), None)
+    if col is None or df[col].nunique() <= 1:
+        return [(None, df)]
+    return [(f"PETL {value}", part.drop(columns=col).reset_index(drop=True))
+            for value, part in df.groupby(col, sort=False)]
+
+
+# A number with its interval or spread, ``74.0 [60.4, 84.1]`` / ``1,846 ± 12`` / ``74.0 †``: kept on one
+# line in the page (non-breaking spaces), so a table may wrap its text cells but never a number.
+_NUMBER = re.compile(r"([-+]?[\d,.]+)( \[[-+]?[\d,.]+, [-+]?[\d,.]+\]| ± [\d,.]+)?( " + COLLAPSED_MARK + ")?")
+
+
+def _unbreakable(cell: object) -> object:
+    if not isinstance(cell, str):
+        return cell
+    return _NUMBER.sub(lambda m: m[0].replace(" ", "\u00a0") if m[2] or m[3] else m[0], cell)
+
+
+def to_markdown(df: pd.DataFrame, split: bool = True) -> str:
+    """Markdown table(s) (rendered by myst-nb with ``nb_render_markdown_format: myst``).
+
+    With ``split``, a table with several PETLs becomes one table per PETL under a bold heading
+    (:func:`split_tables`); ``df.attrs["caption"]`` (what the cells are, with their unit) is written
+    once above each table instead of in every cell. A number and its interval are joined by
+    non-breaking spaces, so the page may wrap a long text cell but never split ``74.0 [60.4, 84.1]``.
+    """
+    caption = df.attrs.get("caption")
+    parts = []
+    for title, part in split_tables(df) if split else [(None, df)]:
+        if head := " · ".join(x for x in (title, caption) if x):
+            parts.append(f"**{head}**")
+        part = part.map(_unbreakable) if not part.empty else part
+        parts.append(part.to_markdown(index=False, disable_numparse=True))
+    return "\n\n".join(parts)
