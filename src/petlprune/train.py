@@ -1,8 +1,9 @@
 """One trainer for pretraining, PETL fine-tuning and re-training after pruning; one evaluation function.
 
 AdamW over the parameters that require grad (no weight decay on norms, biases, embeddings and tokens,
-as timm groups them), a per-iteration cosine schedule with linear warm-up, bf16 autocast on CUDA, and a
-hard stop on a non-finite loss. Deterministic on CPU for a given seed and thread count.
+as timm groups them), a per-iteration cosine schedule with linear warm-up, bf16 autocast on CUDA (and,
+with ``precision: bf16``, on CPUs with native bf16), and a hard stop on a non-finite loss.
+Deterministic on CPU for a given seed and thread count.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ __all__ = [
     "cosine_warmup",
     "param_groups",
     "peak_memory_mb",
+    "PRECISIONS",
+    "autocast_dtype",
+    "cpu_has_native_bf16",
 ]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -53,6 +57,9 @@ class TrainConfig:
         batch_size: batch size (read by the stages that build the loader).
         label_smoothing: cross-entropy label smoothing.
         grad_clip: max global gradient norm, or None.
+        precision: ``"auto"`` (bf16 autocast on CUDA, fp32 on CPU: the study's numbers so far),
+            ``"bf16"`` (bf16 autocast on CUDA and on CPUs with native bf16, AVX512-BF16 or AMX;
+            fp32 elsewhere, see :func:`autocast_dtype`) or ``"fp32"`` (no autocast anywhere).
     """
 
     epochs: int
@@ -62,6 +69,7 @@ class TrainConfig:
     batch_size: int
     label_smoothing: float = 0.0
     grad_clip: float | None = None
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         checks = {
@@ -72,6 +80,7 @@ class TrainConfig:
             "batch_size": self.batch_size >= 1,
             "label_smoothing": 0 <= self.label_smoothing < 1,
             "grad_clip": self.grad_clip is None or self.grad_clip > 0,
+            "precision": self.precision in PRECISIONS,
         }
         for key, ok in checks.items():
             if not ok:
@@ -165,8 +174,48 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [g for g in groups if g["params"]]
 
 
-def _autocast(device: torch.device) -> torch.autocast:
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes bf16 natively (x86 AVX512-BF16 or AMX-BF16 in /proc/cpuinfo's flags).
+
+    Without it, oneDNN emulates bf16 matmuls, slower than fp32: the trainer then stays fp32.
+    ``cpuinfo`` is the text of /proc/cpuinfo (for tests); unreadable (not Linux) means no.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def autocast_dtype(precision: str, device: str | torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``precision`` on ``device`` (None: fp32, no autocast).
+
+    ``auto`` keeps what the study always did (bf16 on CUDA only); ``bf16`` adds CPUs with native
+    bf16 (book/reliability.md, "Performance": speed and the paired accuracy effect on this tier).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    kind = torch.device(device).type
+    if precision == "fp32":
+        return None
+    if kind == "cuda":
+        return torch.bfloat16
+    if kind == "cpu" and precision == "bf16" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return None
+
+
+def _autocast(device: torch.device, precision: str = "auto") -> torch.autocast:
+    dtype = autocast_dtype(precision, device)
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
 def fit(
@@ -219,7 +268,7 @@ def fit(
         lr = opt.param_groups[0]["lr"]
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with _autocast(device):
+            with _autocast(device, cfg.precision):
                 logits = model(x)  # (B, classes)
                 loss = criterion(logits, y, x)
             opt.zero_grad(set_to_none=True)
@@ -256,8 +305,12 @@ def fit(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Any, device: str | torch.device = "cpu") -> dict[str, Any]:
+def evaluate(model: nn.Module, loader: Any, device: str | torch.device = "cpu",
+             precision: str = "auto") -> dict[str, Any]:
     """Top-1 accuracy and mean cross-entropy over a loader, in eval mode (the previous mode is restored).
+
+    ``precision`` as in :class:`TrainConfig` (the stages pass their recipe's, so a model is
+    evaluated the way it was trained).
 
     Returns:
         ``{"top1", "loss", "n", "labels", "pred"}``: ``labels`` and ``pred`` are int64 arrays in the
@@ -273,7 +326,7 @@ def evaluate(model: nn.Module, loader: Any, device: str | torch.device = "cpu") 
     try:
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with _autocast(device):
+            with _autocast(device, precision):
                 logits = model(x)
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
             pred = logits.argmax(-1)
