@@ -12,9 +12,10 @@ import math
 import os
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -213,9 +214,20 @@ def autocast_dtype(precision: str, device: str | torch.device) -> torch.dtype | 
     return None
 
 
-def _autocast(device: torch.device, precision: str = "auto") -> torch.autocast:
+@contextmanager
+def _autocast(device: torch.device, precision: str = "auto") -> Iterator[None]:
+    """Autocast as ``precision`` says. bf16 on a CPU also picks the math attention kernel: the CPU's
+    fused (flash) attention backward in bf16 took 1.6 s of a 3.3 s six-step profile, 10x its fp32
+    time (benchmarks/roofline.py), and made bf16 training slower than fp32."""
     dtype = autocast_dtype(precision, device)
-    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+    with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        if dtype is not None and device.type == "cpu":
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            with sdpa_kernel([SDPBackend.MATH]):
+                yield
+        else:
+            yield
 
 
 def fit(
