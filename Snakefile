@@ -15,6 +15,9 @@ if not workflow.config_settings.configfiles:
     configfile: "workflow/config/default.yaml"
 
 
+# `--config 'seeds=[0,1,2]'` reaches here as strings (Snakemake's --config parser): make them integers.
+if isinstance(config.get("seeds"), list):
+    config["seeds"] = [int(s) if isinstance(s, str) and s.strip().isdigit() else s for s in config["seeds"]]
 
 validate(config, "workflow/schemas/config.schema.yaml")
 

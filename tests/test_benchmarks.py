@@ -222,3 +222,21 @@ def test_assemble_book_writes_the_benchmarks_page(tmp_path):
     page = (book / "generated" / "benchmarks.md").read_text()
     assert "## Cost of each stage" in page and "| finetune" in page
     assert "python benchmarks/trainer_overhead.py" in page
+
+
+def test_roofline_counts_training_flops_of_what_runs():
+    """Backward FLOPs are those autograd runs (known answers): with the first layer frozen only the
+    second layer's weight gradient runs (its input needs no gradient); with it trainable, also the
+    gradient into the first layer's output and the first layer's weight gradient."""
+    import roofline
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    x, y = torch.randn(5, 8), torch.randint(0, 4, (5,))
+    fwd = 2 * (8 * 16 + 16 * 4)  # per image
+    train, forward = roofline.train_flops_per_image(model, x, y, "fp32")
+    assert forward == fwd and train == fwd + 2 * 16 * 4 + 2 * 16 * 4 + 2 * 8 * 16
+    model[0].requires_grad_(False)
+    train, forward = roofline.train_flops_per_image(model, x, y, "fp32")
+    assert forward == fwd and train == fwd + 2 * 16 * 4
+    assert roofline.gemm_rate(64, 64, 64, torch.float32, seconds=0.01) > 0

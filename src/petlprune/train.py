@@ -1,8 +1,9 @@
 """One trainer for pretraining, PETL fine-tuning and re-training after pruning; one evaluation function.
 
 AdamW over the parameters that require grad (no weight decay on norms, biases, embeddings and tokens,
-as timm groups them), a per-iteration cosine schedule with linear warm-up, bf16 autocast on CUDA, and a
-hard stop on a non-finite loss. Deterministic on CPU for a given seed and thread count.
+as timm groups them), a per-iteration cosine schedule with linear warm-up, bf16 autocast on CUDA (and,
+with ``precision: bf16``, on CPUs with native bf16), and a hard stop on a non-finite loss.
+Deterministic on CPU for a given seed and thread count.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import math
 import os
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -32,6 +34,9 @@ __all__ = [
     "cosine_warmup",
     "param_groups",
     "peak_memory_mb",
+    "PRECISIONS",
+    "autocast_dtype",
+    "cpu_has_native_bf16",
 ]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -53,6 +58,9 @@ class TrainConfig:
         batch_size: batch size (read by the stages that build the loader).
         label_smoothing: cross-entropy label smoothing.
         grad_clip: max global gradient norm, or None.
+        precision: ``"auto"`` (bf16 autocast on CUDA, fp32 on CPU: the study's numbers so far),
+            ``"bf16"`` (bf16 autocast on CUDA and on CPUs with native bf16, AVX512-BF16 or AMX;
+            fp32 elsewhere, see :func:`autocast_dtype`) or ``"fp32"`` (no autocast anywhere).
     """
 
     epochs: int
@@ -62,6 +70,7 @@ class TrainConfig:
     batch_size: int
     label_smoothing: float = 0.0
     grad_clip: float | None = None
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         checks = {
@@ -72,6 +81,7 @@ class TrainConfig:
             "batch_size": self.batch_size >= 1,
             "label_smoothing": 0 <= self.label_smoothing < 1,
             "grad_clip": self.grad_clip is None or self.grad_clip > 0,
+            "precision": self.precision in PRECISIONS,
         }
         for key, ok in checks.items():
             if not ok:
@@ -165,8 +175,59 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [g for g in groups if g["params"]]
 
 
-def _autocast(device: torch.device) -> torch.autocast:
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes bf16 natively (x86 AVX512-BF16 or AMX-BF16 in /proc/cpuinfo's flags).
+
+    Without it, oneDNN emulates bf16 matmuls, slower than fp32: the trainer then stays fp32.
+    ``cpuinfo`` is the text of /proc/cpuinfo (for tests); unreadable (not Linux) means no.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def autocast_dtype(precision: str, device: str | torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``precision`` on ``device`` (None: fp32, no autocast).
+
+    ``auto`` keeps what the study always did (bf16 on CUDA only); ``bf16`` adds CPUs with native
+    bf16 (book/reliability.md, "Performance": speed and the paired accuracy effect on this tier).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    kind = torch.device(device).type
+    if precision == "fp32":
+        return None
+    if kind == "cuda":
+        return torch.bfloat16
+    if kind == "cpu" and precision == "bf16" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return None
+
+
+@contextmanager
+def _autocast(device: torch.device, precision: str = "auto") -> Iterator[None]:
+    """Autocast as ``precision`` says. bf16 on a CPU also picks the math attention kernel: the CPU's
+    fused (flash) attention backward in bf16 took 1.6 s of a 3.3 s six-step profile, 10x its fp32
+    time (benchmarks/roofline.py), and made bf16 training slower than fp32."""
+    dtype = autocast_dtype(precision, device)
+    with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        if dtype is not None and device.type == "cpu":
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            with sdpa_kernel([SDPBackend.MATH]):
+                yield
+        else:
+            yield
 
 
 def fit(
@@ -219,7 +280,7 @@ def fit(
         lr = opt.param_groups[0]["lr"]
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with _autocast(device):
+            with _autocast(device, cfg.precision):
                 logits = model(x)  # (B, classes)
                 loss = criterion(logits, y, x)
             opt.zero_grad(set_to_none=True)
@@ -256,8 +317,12 @@ def fit(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Any, device: str | torch.device = "cpu") -> dict[str, Any]:
+def evaluate(model: nn.Module, loader: Any, device: str | torch.device = "cpu",
+             precision: str = "auto") -> dict[str, Any]:
     """Top-1 accuracy and mean cross-entropy over a loader, in eval mode (the previous mode is restored).
+
+    ``precision`` as in :class:`TrainConfig` (the stages pass their recipe's, so a model is
+    evaluated the way it was trained).
 
     Returns:
         ``{"top1", "loss", "n", "labels", "pred"}``: ``labels`` and ``pred`` are int64 arrays in the
@@ -273,7 +338,7 @@ def evaluate(model: nn.Module, loader: Any, device: str | torch.device = "cpu") 
     try:
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with _autocast(device):
+            with _autocast(device, precision):
                 logits = model(x)
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
             pred = logits.argmax(-1)

@@ -73,7 +73,7 @@ def finetune(
           f"trainable params, device {dev}", flush=True)
     loader = make_loader(train_ds, cfg.batch_size, shuffle=True, seed=seed)
     history = fit(model, loader, cfg, device=dev, seed=seed, log=lambda s: print(s, flush=True))
-    result = evaluate(model, make_loader(eval_ds, 256, shuffle=False, seed=seed), dev)
+    result = evaluate(model, make_loader(eval_ds, 256, shuffle=False, seed=seed), dev, cfg.precision)
     print(f"{eval_split} top1 {result['top1']:.4f} (n={result['n']})", flush=True)
     metrics = {
         "task": meta.get("name", data.name),

@@ -14,16 +14,23 @@ pass of each model per repeat at each batch size, on the same device with the sa
 moment of the machine then hits every model alike, and repeat ``i`` of two models are paired:
 ``throughput[bs]["times_s"]`` holds the per-repeat seconds of one batch, from which the report
 bootstraps the interval of a speed-up ratio (``report.stats.speedup_interval``).
+
+Speed depends on the architecture, not on the weights: models of the same architecture (the same
+module tree and tensor shapes, :func:`architecture_key`; e.g. every d6 layer selection, the unpruned
+model and its re-trained control, or one model's seeds when a job measures several seeds) are timed
+once, and each keeps its own counts (parameters, stored, FLOPs). ``timed_as`` names the directory whose
+model was timed; two such models then have the same ``times_s`` and a speed-up of exactly 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from petlprune.stages._args import non_negative_int, positive_int
 
-__all__ = ["add_arguments", "run", "deployed_model", "has_deployed_form", "interleaved_times"]
+__all__ = ["add_arguments", "run", "deployed_model", "has_deployed_form", "interleaved_times", "architecture_key"]
 
 
 def _deploy_fn(info: dict):
@@ -55,6 +62,15 @@ def deployed_model(model, info: dict):
     return fn(model, None if plan is None else Plan.from_dict(plan))
 
 
+def architecture_key(model) -> str:
+    """A digest of what a forward pass costs: the module tree (types and their settings, as ``repr``
+    prints them) and every parameter's and buffer's name, shape and dtype (shared modules counted at
+    each place they are used). Weights' values are not in it: they do not change the time."""
+    import hashlib
+
+    tensors = [(n, tuple(t.shape), str(t.dtype))
+               for n, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]]
+    return hashlib.sha256(f"{model!r}\n{tensors!r}".encode()).hexdigest()[:16]
 
 
 def interleaved_times(models: list, batch_sizes, *, image_size: int, warmup: int, repeats: int,
@@ -113,7 +129,9 @@ def run(args: argparse.Namespace) -> None:
     if missing:
         raise SystemExit(f"petlprune measure: model file(s) not found: {', '.join(missing)}")
     torch.set_num_threads(args.threads)
-    timed, results = [], []
+    timed, timed_dirs, results = [], [], []
+    first: dict[str, int] = {}  # architecture key -> index in timed
+    owner: list[int] = []  # per model dir: the index of the model timed for it
     for model_dir in args.model_dirs:
         model, info = load_task_model(model_dir / "model.pt", args.backbone)
         plan = info.get("plan")
@@ -138,14 +156,22 @@ def run(args: argparse.Namespace) -> None:
             result.update(params_stored=stored["total"],
                           stored_breakdown={k: stored[k] for k in ("petl", "head", "plan", "backbone")},
                           deployed=True)
-        timed.append(deployed.eval())
+        key = architecture_key(deployed)
+        if key not in first:  # the first model of each architecture is the one timed
+            first[key] = len(timed)
+            timed.append(deployed.eval())
+            timed_dirs.append(model_dir)
+        result["architecture"] = key
+        owner.append(first[key])
         results.append(result)
         del model
-    per_model = interleaved_times(timed, args.batch_sizes, image_size=args.image_size, warmup=args.warmup,
-                                  repeats=args.repeats, device=args.device)
+    print(f"measure: {len(args.model_dirs)} models, {len(timed)} architecture(s) timed", file=sys.stderr, flush=True)
+    per_arch = interleaved_times(timed, args.batch_sizes, image_size=args.image_size, warmup=args.warmup,
+                                 repeats=args.repeats, device=args.device)
+    per_model = [per_arch[i] for i in owner]
     import numpy as np
 
-    for model_dir, result, times in zip(args.model_dirs, results, per_model, strict=True):
+    for model_dir, result, times, i in zip(args.model_dirs, results, per_model, owner, strict=True):
         result["throughput"] = {}
         for b, ts in times.items():
             median = float(np.median(ts))
@@ -153,7 +179,7 @@ def run(args: argparse.Namespace) -> None:
             result["throughput"][b] = {"images_per_s": int(b) / median, "latency_ms": median * 1e3,
                                        "latency_ms_iqr": float(q75 - q25) * 1e3, "times_s": ts}
         result.update(warmup=int(args.warmup), repeats=int(args.repeats), timing="interleaved",
-                      interleaved_with=[str(d) for d in args.model_dirs])
+                      interleaved_with=[str(d) for d in timed_dirs], timed_as=str(timed_dirs[i]))
         atomic_write_json(model_dir / "efficiency.json", result)
         timed_str = ", ".join(
             f"bs{b}: {t['images_per_s']:.0f} img/s {t['latency_ms']:.2f} ms" for b, t in result["throughput"].items()

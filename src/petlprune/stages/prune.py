@@ -96,11 +96,11 @@ def run(args: argparse.Namespace) -> None:
             print(f"prune: the same model, recipe and data as {source.name}, re-trained there: its task weights "
                   f"and evaluations are reused (petlprune prune --no-reuse re-trains)", flush=True)
         else:
-            before = evaluate(model, eval_loader, device)
+            before = evaluate(model, eval_loader, device, cfg.precision)
             print(f"prune: {eval_split} top1 before re-training {before['top1']:.4f}", flush=True)
             history = fit(model, make_loader(train_ds, cfg.batch_size, shuffle=True, seed=args.seed), cfg,
                           device=device, seed=args.seed, loss_fn=loss_fn, log=lambda s: print(s, flush=True))
-            after = evaluate(model, eval_loader, device)
+            after = evaluate(model, eval_loader, device, cfg.precision)
         print(f"prune: {eval_split} top1 after re-training {after['top1']:.4f} (n={after['n']})", flush=True)
         _write(args, model, info, plan, cfg, (before, after, history), depth_before=depth_before,
                trainable=trainable, splits=(train_split, eval_split), device=device, t0=t0, fp=fp, source=source)
