@@ -13,7 +13,6 @@ from petlprune.io import read_json
 from petlprune.methods import Plan, get
 from petlprune.models.build import build_model, save_task_model
 from petlprune.stages.measure import architecture_key
-from test_measure_stage import task_dirs  # noqa: F401  (fixture)
 
 
 def test_architecture_key_ignores_weights_not_shapes(task_dirs):  # noqa: F811
