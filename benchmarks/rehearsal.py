@@ -80,9 +80,13 @@ def make_fake_vtab(root: Path, classes: dict[str, int], n: int = 12, seed: int =
 
 def _within(budget: str, depth: int | None) -> str:
     """A depth budget past the cut backbone's depth becomes its full depth: paper.yaml's ``d12`` (every
-    block: the unpruned controls) is ``d4`` on 4 blocks, the same meaning at the rehearsal's shape."""
+    block: the unpruned controls) is ``d4`` on 4 blocks, the same meaning at the rehearsal's shape; ``s8``
+    (attention sub-layers removed, 8 of 12) is ``s3`` on 4."""
     if depth and budget.startswith("d") and budget[1:].isdigit() and int(budget[1:]) > depth:
         return f"d{depth}"
+    # attention sub-layers removed (attn_drop): the same share of the blocks, at least one
+    if depth and budget.startswith("s") and budget[1:].isdigit() and int(budget[1:]) > depth - 1:
+        return f"s{max(1, round(int(budget[1:]) * depth / 12))}"
     return budget
 
 

@@ -19,7 +19,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from rehearsal import GRAYSCALE, make_fake_vtab, prepare, rehearsal_config  # noqa: E402
+from rehearsal import GRAYSCALE, _within, make_fake_vtab, prepare, rehearsal_config  # noqa: E402
 
 PAPER = yaml.safe_load((ROOT / "workflow/config/paper.yaml").read_text())
 
@@ -34,7 +34,8 @@ def test_rehearsal_config_keeps_paper_shapes_and_every_method(tmp_path):
     full_depth = {m for m, bs in PAPER["budgets"].items() if bs[0] == "d12"}
     assert full_depth >= {"last_k", "splora_unpruned"}  # the unpruned controls keep every block ...
     assert all(cfg["budgets"][m] == ["d4"] for m in full_depth)  # ... of the 4-block rehearsal backbone
-    assert all(cfg["budgets"][m] == PAPER["budgets"][m][:1] for m in set(PAPER["budgets"]) - full_depth)
+    assert all(cfg["budgets"][m] == [_within(PAPER["budgets"][m][0], 4)] for m in set(PAPER["budgets"]) - full_depth)
+    assert _within("d6", 4) == "d4" and _within("d3", 4) == "d3" and _within("s8", 4) == "s3" and _within("s2", 4) == "s2"
     assert cfg["data"]["num_classes"] == {t: PAPER["data"]["num_classes"][t] for t in ("eurosat", "smallnorb_ele")}
     from PIL import Image
 
