@@ -308,6 +308,22 @@ def test_aggregate_pools_seeds_and_draws(tmp_path):
     assert list(agg.method[:2]) == ["finetune", "sls"]  # reading order: reference, SLS, baselines
 
 
+def test_a_task_interval_over_seeds_includes_test_image_sampling(tmp_path):
+    """Two seeds: the per-task interval is stats.seed_image over each run's saved predictions (seeds and
+    images), not Student t over the two top-1 values (which knows nothing of the 50 test images)."""
+    df = report.load_results(fabricate_results(tmp_path / "r", tasks=("alpha",), seeds=(0, 1)))
+    agg = report.aggregate(df)
+    ft_rows = df[df.method == "finetune"].sort_values("seed")
+    per_seed = []
+    for path in ft_rows.predictions_path:
+        with np.load(path) as npz:
+            per_seed.append(100.0 * (npz["pred"] == npz["labels"]))
+    ft = agg[agg.method == "finetune"].iloc[0]
+    assert (ft.top1_lo, ft.top1_hi) == pytest.approx(report.stats.seed_image(per_seed).interval())
+    t_lo, t_hi = report.stats.t_interval(ft_rows.top1.tolist())[1:]
+    assert ft.top1_lo < ft.top1_mean < ft.top1_hi and (ft.top1_lo, ft.top1_hi) != pytest.approx((t_lo, t_hi))
+
+
 def test_mean_std_format():
     assert report.mean_std(71.26, 0.44) == "71.3 ± 0.4"
     assert report.mean_std(71.26, float("nan")) == "71.3"

@@ -160,13 +160,42 @@ def aggregate(
 
 
 def _top1_interval(rows: pd.DataFrame) -> tuple[float, float]:
-    """One result: its Wilson interval over test images; several (seeds, draws): Student t over them."""
-    from petlprune.report.stats import t_interval
+    """One result: its Wilson interval over test images. Several seeds: the seeds x images design
+    (``stats.seed_image``: seed-to-seed variation and test-image sampling, book: Reliability), from each
+    run's saved predictions; where those are missing or not over the same images, or with one seed and
+    several random draws, Student t over the rows."""
+    from petlprune.report.stats import seed_image, t_interval
 
     if len(rows) == 1:
         return (float(rows["top1_lo"].iloc[0]), float(rows["top1_hi"].iloc[0])) if "top1_lo" in rows else (np.nan, np.nan)
+    per_seed = _correct_per_seed(rows)
+    if per_seed is not None:
+        return seed_image(per_seed).interval()
     _, lo, hi = t_interval(rows["top1"].tolist())
     return lo, hi
+
+
+def _correct_per_seed(rows: pd.DataFrame) -> list[np.ndarray] | None:
+    """Per seed, 100 x the fraction right on each test image (a seed's random draws averaged: one stratum
+    per run, as ``stats.combine_seeds``); None unless there are 2+ seeds, all over the same labels."""
+    from petlprune.report.stats import _correct
+
+    if "predictions_path" not in rows or rows["seed"].nunique() < 2:
+        return None
+    per_seed, labels = [], None
+    for _, group in rows.groupby("seed", sort=True):
+        right = []
+        for path in group["predictions_path"]:
+            if not isinstance(path, str) or not path.endswith(".npz"):
+                return None
+            with np.load(path, allow_pickle=False) as npz:
+                if labels is None:
+                    labels = npz["labels"]
+                elif not np.array_equal(labels, npz["labels"]):
+                    return None
+                right.append(_correct(npz["pred"], labels))
+        per_seed.append(100.0 * np.mean(right, axis=0))
+    return per_seed
 
 
 def mean_std(mean: float, std: float = np.nan, digits: int = 1) -> str:
