@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "forward_hooked",
     "token_cosine",
     "block_influence",
     "angular_distance",
@@ -115,6 +116,20 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
+def forward_hooked(model: nn.Module, loader: Iterable[Any], batches: int | None, handles: list) -> None:
+    """Run the first ``batches`` batches of ``loader`` through ``model`` (eval mode, no grad) for the
+    forward hooks whose ``handles`` are given, then remove them, also on error. The block-, attention-
+    and LoRA-output scorers (here, methods/attn_drop.py, methods/lora_drop.py) collect in their hooks."""
+    device = _device_of(model)
+    try:
+        with _eval_mode(model), torch.no_grad():
+            for images, _ in _pairs(loader, batches):
+                model(images.to(device))
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def _blocks_of(model: nn.Module) -> Sequence[nn.Module]:
     blocks = getattr(model, "blocks", None)
     if blocks is None or len(blocks) == 0:
@@ -151,15 +166,8 @@ def block_influence(model: nn.Module, loader: Iterable[Any], batches: int | None
 
         return hook
 
-    handles = [blk.register_forward_hook(make_hook(i), with_kwargs=True) for i, blk in enumerate(blocks)]
-    device = _device_of(model)
-    try:
-        with _eval_mode(model):
-            for images, _ in _pairs(loader, batches):
-                model(images.to(device))
-    finally:
-        for handle in handles:
-            handle.remove()
+    forward_hooked(model, loader, batches,
+                   [blk.register_forward_hook(make_hook(i), with_kwargs=True) for i, blk in enumerate(blocks)])
     if counts.min() == 0:
         raise ValueError("block_influence: the loader yielded no batch (or a block never ran)")
     return 1.0 - sums / counts

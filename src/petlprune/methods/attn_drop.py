@@ -21,7 +21,7 @@ def attention_similarity(model: Any, loader: Any, batches: int | None = None) ->
     """Mean per-token cos(h, h + attn(norm1(h))) of every block's attention sub-layer (eval mode)."""
     import torch
 
-    from petlprune.analysis.importance import _device_of, _eval_mode, _pairs, token_cosine
+    from petlprune.analysis.importance import forward_hooked, token_cosine
 
     blocks = list(model.blocks)
     sums = torch.zeros(len(blocks), dtype=torch.float64)
@@ -36,15 +36,8 @@ def attention_similarity(model: Any, loader: Any, batches: int | None = None) ->
             counts[i] += cos.numel()
         return hook
 
-    handles = [b.register_forward_pre_hook(make_hook(i), with_kwargs=True) for i, b in enumerate(blocks)]
-    device = _device_of(model)
-    try:
-        with _eval_mode(model), torch.no_grad():
-            for images, _ in _pairs(loader, batches):
-                model(images.to(device))
-    finally:
-        for handle in handles:
-            handle.remove()
+    forward_hooked(model, loader, batches,
+                   [b.register_forward_pre_hook(make_hook(i), with_kwargs=True) for i, b in enumerate(blocks)])
     if counts.min() == 0:
         raise ValueError("attn_drop: the loader yielded no batch")
     return (sums / counts).tolist()

@@ -28,7 +28,7 @@ def lora_output_norms(model: Any, loader: Any, batches: int) -> list[float]:
     """``Σ ‖ΔW_p x‖²`` of every adapter position over ``batches`` loader batches, normalised to sum 1."""
     import torch
 
-    from petlprune.analysis.importance import _device_of, _eval_mode, _pairs
+    from petlprune.analysis.importance import forward_hooked
     from petlprune.models.surgery import adapter_positions
 
     positions = adapter_positions(model)
@@ -39,15 +39,7 @@ def lora_output_norms(model: Any, loader: Any, batches: int) -> list[float]:
             sums[p] += output.detach().double().pow(2).sum().cpu()
         return hook
 
-    handles = [w.adapter.register_forward_hook(make_hook(p)) for p, w in enumerate(positions)]
-    device = _device_of(model)
-    try:
-        with _eval_mode(model), torch.no_grad():
-            for images, _ in _pairs(loader, batches):
-                model(images.to(device))
-    finally:
-        for h in handles:
-            h.remove()
+    forward_hooked(model, loader, batches, [w.adapter.register_forward_hook(make_hook(p)) for p, w in enumerate(positions)])
     total = float(sums.sum())
     return (sums / total).tolist() if total > 0 else [1.0 / len(positions)] * len(positions)
 
