@@ -37,6 +37,8 @@ localrules:
     gallery,
     probe,
     summary,
+    aggregates,
+    friedman,
     summary_notebook,
     claims_notebook,
     task_notebook,
